@@ -13,6 +13,8 @@
 //! - [`merge`]: folding two records of one person into one, with a report of every conflict.
 //! - [`import`]: reading CSV lists (UTF-8 or Shift_JIS), mapping columns to fields, validating rows.
 //! - [`patch`]: the three-state value (absent / null / value) that partial updates need.
+//! - [`export`]: writing contacts to CSV for spreadsheets.
+//! - [`tracking`]: parsing and checking Segment-spec tracking messages; attribution.
 //! - [`clock`]: the source of time for all logic.
 //! - [`error`]: validation errors that name the offending field.
 #![deny(missing_docs)]
@@ -22,9 +24,11 @@ pub mod company;
 pub mod contact;
 pub mod email_address;
 pub mod error;
+pub mod export;
 pub mod field;
 pub mod import;
 pub mod merge;
 pub mod patch;
+pub mod tracking;
 
 pub use error::{ValidationError, ValidationErrors};

@@ -1,0 +1,1 @@
+//! Tracking messages (Segment spec). Being written.
