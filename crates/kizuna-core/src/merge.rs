@@ -17,7 +17,7 @@ pub struct Conflict {
     /// The value dropped.
     pub dropped: Value,
     /// Which record the kept value came from: `survivor` or `merged`.
-    pub kept_from: &'static str,
+    pub kept_from: String,
 }
 
 /// The result of [`merge_contacts`].
@@ -40,6 +40,18 @@ pub fn merge_contacts(
     let other_newer = other.updated_at > survivor.updated_at;
     let mut out = survivor.clone();
     let mut conflicts = Vec::new();
+    // The survivor is the identity the caller chose: its address stays; the other's is reported.
+    out.email = survivor.email.clone().or_else(|| other.email.clone());
+    if let (Some(a), Some(b)) = (&survivor.email, &other.email) {
+        if a != b {
+            conflicts.push(Conflict {
+                field: "email".into(),
+                kept: a.as_str().into(),
+                dropped: b.as_str().into(),
+                kept_from: "survivor".into(),
+            });
+        }
+    }
 
     let mut pick = |field: &str, a: Value, b: Value| -> Value {
         match (a.is_null(), b.is_null()) {
@@ -56,7 +68,7 @@ pub fn merge_contacts(
                     field: field.to_string(),
                     kept: kept.clone(),
                     dropped,
-                    kept_from: from,
+                    kept_from: from.to_string(),
                 });
                 kept
             }
@@ -69,7 +81,6 @@ pub fn merge_contacts(
     };
     let s = |v: Value| v.as_str().map(str::to_string);
 
-    out.email = s(pick("email", j(&survivor.email), j(&other.email)));
     out.first_name = s(pick(
         "first_name",
         j(&survivor.first_name),

@@ -1,0 +1,316 @@
+//! The single query layer over both backends.
+//!
+//! Every query in this crate is written once, as SQL text with `$1, $2, …` placeholders that both
+//! SQLite and PostgreSQL understand, with its arguments as [`Val`]s and its result as a
+//! `#[derive(sqlx::FromRow)]` struct. [`Db`] and [`Tx`] run it on whichever backend is live, so
+//! no method repeats a `match` over backends; only the few places where the dialects truly
+//! differ ask [`Dialect`].
+
+use crate::StoreError;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgArguments, PgPool, PgRow};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
+use sqlx::types::Json;
+use sqlx::{FromRow, Postgres, SqlSafeStr, Sqlite, Transaction};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Which SQL dialect is live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Embedded SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// One bound argument. Nulls are typed, because PostgreSQL types every parameter.
+#[derive(Debug, Clone)]
+pub enum Val {
+    /// Integer (also timestamps, as microseconds since the Unix epoch).
+    I64(Option<i64>),
+    /// Float.
+    F64(Option<f64>),
+    /// Boolean.
+    Bool(Option<bool>),
+    /// Text.
+    Text(Option<String>),
+    /// UUID (BLOB on SQLite, uuid on PostgreSQL).
+    Uuid(Option<Uuid>),
+    /// JSON (TEXT on SQLite, jsonb on PostgreSQL).
+    Json(Option<Value>),
+    /// Raw bytes.
+    Bytes(Option<Vec<u8>>),
+}
+
+macro_rules! val_from {
+    ($($t:ty => $v:ident $(, $conv:expr)?);* $(;)?) => {$(
+        impl From<$t> for Val {
+            fn from(x: $t) -> Self { Val::$v(Some(val_from!(@conv x $(, $conv)?))) }
+        }
+        impl From<Option<$t>> for Val {
+            fn from(x: Option<$t>) -> Self { Val::$v(x.map(|x| val_from!(@conv x $(, $conv)?))) }
+        }
+    )*};
+    (@conv $x:ident) => { $x };
+    (@conv $x:ident, $conv:expr) => { ($conv)($x) };
+}
+
+val_from! {
+    i64 => I64;
+    i32 => I64, |x: i32| x as i64;
+    f64 => F64;
+    bool => Bool;
+    String => Text;
+    &str => Text, |x: &str| x.to_string();
+    &String => Text, |x: &String| x.clone();
+    Uuid => Uuid;
+    &Uuid => Uuid, |x: &Uuid| *x;
+    Value => Json;
+    &Value => Json, |x: &Value| x.clone();
+    Vec<u8> => Bytes;
+    DateTime<Utc> => I64, |x: DateTime<Utc>| x.timestamp_micros();
+    &DateTime<Utc> => I64, |x: &DateTime<Utc>| x.timestamp_micros();
+}
+
+/// Builds a `Vec<Val>` from mixed values: `args![id, email, now]`.
+#[macro_export]
+macro_rules! args {
+    ($($v:expr),* $(,)?) => { vec![$($crate::db::Val::from($v)),*] };
+}
+
+fn bind_sqlite<'q>(
+    mut q: Query<'q, Sqlite, SqliteArguments>,
+    args: Vec<Val>,
+) -> Query<'q, Sqlite, SqliteArguments> {
+    for a in args {
+        q = match a {
+            Val::I64(v) => q.bind(v),
+            Val::F64(v) => q.bind(v),
+            Val::Bool(v) => q.bind(v),
+            Val::Text(v) => q.bind(v),
+            Val::Uuid(v) => q.bind(v),
+            Val::Json(v) => q.bind(v.map(Json)),
+            Val::Bytes(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+fn bind_pg<'q>(
+    mut q: Query<'q, Postgres, PgArguments>,
+    args: Vec<Val>,
+) -> Query<'q, Postgres, PgArguments> {
+    for a in args {
+        q = match a {
+            Val::I64(v) => q.bind(v),
+            Val::F64(v) => q.bind(v),
+            Val::Bool(v) => q.bind(v),
+            Val::Text(v) => q.bind(v),
+            Val::Uuid(v) => q.bind(v),
+            Val::Json(v) => q.bind(v.map(Json)),
+            Val::Bytes(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// A row type that decodes from both backends (derive `sqlx::FromRow` on it).
+pub trait Record:
+    for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{
+}
+impl<T> Record for T where
+    T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{
+}
+
+/// A single-column result.
+#[derive(sqlx::FromRow)]
+pub struct One<T>(pub T);
+
+/// The connection pool of the live backend.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// SQLite, with a lock that serializes writers (SQLite has one writer at a time; taking
+    /// turns in-process avoids busy-waiting and upgrade deadlocks).
+    Sqlite(SqlitePool, Arc<tokio::sync::Mutex<()>>),
+    /// PostgreSQL.
+    Pg(PgPool),
+}
+
+/// A write transaction on the live backend. Dropped without [`Tx::commit`], it rolls back.
+pub enum Tx {
+    /// SQLite (`BEGIN IMMEDIATE`, holding the writer turn).
+    Sqlite(
+        Transaction<'static, Sqlite>,
+        tokio::sync::OwnedMutexGuard<()>,
+    ),
+    /// PostgreSQL.
+    Pg(Transaction<'static, Postgres>),
+}
+
+macro_rules! query_methods {
+    ($kind:ident, $c:ident, $conn:expr) => {
+        /// Runs a statement; returns the number of rows affected.
+        pub async fn execute(
+            &mut self,
+            sql: impl SqlSafeStr,
+            args: Vec<Val>,
+        ) -> Result<u64, StoreError> {
+            Ok(match self {
+                $kind::Sqlite($c, ..) => bind_sqlite(sqlx::query(sql), args)
+                    .execute($conn)
+                    .await?
+                    .rows_affected(),
+                $kind::Pg($c, ..) => bind_pg(sqlx::query(sql), args)
+                    .execute($conn)
+                    .await?
+                    .rows_affected(),
+            })
+        }
+
+        /// Runs a query and decodes every row.
+        pub async fn fetch_all<T: Record>(
+            &mut self,
+            sql: impl SqlSafeStr,
+            args: Vec<Val>,
+        ) -> Result<Vec<T>, StoreError> {
+            Ok(match self {
+                $kind::Sqlite($c, ..) => {
+                    let rows = bind_sqlite(sqlx::query(sql), args).fetch_all($conn).await?;
+                    rows.iter().map(T::from_row).collect::<Result<_, _>>()?
+                }
+                $kind::Pg($c, ..) => {
+                    let rows = bind_pg(sqlx::query(sql), args).fetch_all($conn).await?;
+                    rows.iter().map(T::from_row).collect::<Result<_, _>>()?
+                }
+            })
+        }
+
+        /// Runs a query and decodes the first row, if any.
+        pub async fn fetch_optional<T: Record>(
+            &mut self,
+            sql: impl SqlSafeStr,
+            args: Vec<Val>,
+        ) -> Result<Option<T>, StoreError> {
+            Ok(match self {
+                $kind::Sqlite($c, ..) => match bind_sqlite(sqlx::query(sql), args)
+                    .fetch_optional($conn)
+                    .await?
+                {
+                    Some(r) => Some(T::from_row(&r)?),
+                    None => None,
+                },
+                $kind::Pg($c, ..) => match bind_pg(sqlx::query(sql), args)
+                    .fetch_optional($conn)
+                    .await?
+                {
+                    Some(r) => Some(T::from_row(&r)?),
+                    None => None,
+                },
+            })
+        }
+
+        /// Runs a query that must return a row.
+        pub async fn fetch_one<T: Record>(
+            &mut self,
+            sql: impl SqlSafeStr,
+            args: Vec<Val>,
+        ) -> Result<T, StoreError> {
+            self.fetch_optional(sql, args)
+                .await?
+                .ok_or(StoreError::NotFound)
+        }
+    };
+}
+
+impl Db {
+    /// The live dialect.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Db::Sqlite(..) => Dialect::Sqlite,
+            Db::Pg(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Db::Sqlite(pool, lock) => {
+                let turn = lock.clone().lock_owned().await;
+                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, turn)
+            }
+            Db::Pg(pool) => Tx::Pg(pool.begin().await?),
+        })
+    }
+
+    /// A reader over the pool (autocommit, no transaction).
+    pub fn reader(&self) -> Reader<'_> {
+        match self {
+            Db::Sqlite(p, _) => Reader::Sqlite(p),
+            Db::Pg(p) => Reader::Pg(p),
+        }
+    }
+
+    /// Closes every connection (waits for in-flight queries).
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(p, _) => p.close().await,
+            Db::Pg(p) => p.close().await,
+        }
+    }
+}
+
+/// Autocommit access to the pool, for reads and single statements.
+pub enum Reader<'a> {
+    /// SQLite.
+    Sqlite(&'a SqlitePool),
+    /// PostgreSQL.
+    Pg(&'a PgPool),
+}
+
+impl Reader<'_> {
+    query_methods!(Reader, c, *c);
+}
+
+impl Tx {
+    query_methods!(Tx, c, &mut **c);
+
+    /// The live dialect.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Tx::Sqlite(..) => Dialect::Sqlite,
+            Tx::Pg(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Runs a multi-statement script (migrations).
+    pub async fn execute_script(&mut self, sql: &'static str) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(c, _) => {
+                sqlx::raw_sql(sql).execute(&mut **c).await?;
+            }
+            Tx::Pg(c) => {
+                sqlx::raw_sql(sql).execute(&mut **c).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Tx::Sqlite(t, _turn) => t.commit().await?,
+            Tx::Pg(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// Microseconds since the epoch → instant.
+pub fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
