@@ -100,14 +100,14 @@ impl CompanyInput {
             ("employee_count", &self.employee_count),
             ("annual_revenue", &self.annual_revenue),
         ] {
-            if let Patch::Value(n) = v {
-                if *n < 0 {
-                    errs.push(ValidationError::new(
-                        field,
-                        "out_of_range",
-                        format!("{field} must not be negative"),
-                    ));
-                }
+            if let Patch::Value(n) = v
+                && *n < 0
+            {
+                errs.push(ValidationError::new(
+                    field,
+                    "out_of_range",
+                    format!("{field} must not be negative"),
+                ));
             }
         }
         errs.into_result(self)
@@ -196,10 +196,10 @@ pub fn normalize_company_name(raw: &str) -> String {
     loop {
         let before = joined.clone();
         for form in LATIN_LEGAL_FORMS {
-            if let Some(rest) = joined.strip_suffix(form) {
-                if rest.is_empty() || rest.ends_with([' ', ',']) {
-                    joined = rest.trim_end_matches([' ', ',']).to_string();
-                }
+            if let Some(rest) = joined.strip_suffix(form)
+                && (rest.is_empty() || rest.ends_with([' ', ',']))
+            {
+                joined = rest.trim_end_matches([' ', ',']).to_string();
             }
         }
         if joined == before {

@@ -324,17 +324,16 @@ impl ContactInput {
                 }
             }
         }
-        if let Patch::Value(p) = &self.phone {
-            if !p
+        if let Patch::Value(p) = &self.phone
+            && !p
                 .chars()
                 .any(|c| c.is_ascii_digit() || ('０'..='９').contains(&c))
-            {
-                errs.push(ValidationError::new(
-                    "phone",
-                    "invalid_phone",
-                    format!("{p:?} has no digits"),
-                ));
-            }
+        {
+            errs.push(ValidationError::new(
+                "phone",
+                "invalid_phone",
+                format!("{p:?} has no digits"),
+            ));
         }
         errs.into_result(self)
     }
@@ -419,25 +418,28 @@ impl Contact {
         );
         set_opt(&mut self.owner_id, input.owner_id, overwrite, &mut changed);
         let mut stage_change = None;
-        if let Patch::Value(s) = input.lifecycle_stage {
-            if overwrite && s != self.lifecycle_stage {
-                stage_change = Some((self.lifecycle_stage, s));
-                self.lifecycle_stage = s;
-                changed = true;
-            }
+        if let Patch::Value(s) = input.lifecycle_stage
+            && overwrite
+            && s != self.lifecycle_stage
+        {
+            stage_change = Some((self.lifecycle_stage, s));
+            self.lifecycle_stage = s;
+            changed = true;
         }
-        if let Patch::Value(t) = input.temperature {
-            if overwrite && t != self.temperature {
-                self.temperature = t;
-                changed = true;
-            }
+        if let Patch::Value(t) = input.temperature
+            && overwrite
+            && t != self.temperature
+        {
+            self.temperature = t;
+            changed = true;
         }
         // First touch is first: never replaced once known.
-        if let Patch::Value(s) = input.source {
-            if self.source.is_empty() && !s.is_empty() {
-                self.source = s;
-                changed = true;
-            }
+        if let Patch::Value(s) = input.source
+            && self.source.is_empty()
+            && !s.is_empty()
+        {
+            self.source = s;
+            changed = true;
         }
         match input.address {
             Patch::Value(a) if (overwrite || self.address.is_empty()) && a != self.address => {

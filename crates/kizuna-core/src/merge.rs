@@ -42,15 +42,15 @@ pub fn merge_contacts(
     let mut conflicts = Vec::new();
     // The survivor is the identity the caller chose: its address stays; the other's is reported.
     out.email = survivor.email.clone().or_else(|| other.email.clone());
-    if let (Some(a), Some(b)) = (&survivor.email, &other.email) {
-        if a != b {
-            conflicts.push(Conflict {
-                field: "email".into(),
-                kept: a.as_str().into(),
-                dropped: b.as_str().into(),
-                kept_from: "survivor".into(),
-            });
-        }
+    if let (Some(a), Some(b)) = (&survivor.email, &other.email)
+        && a != b
+    {
+        conflicts.push(Conflict {
+            field: "email".into(),
+            kept: a.as_str().into(),
+            dropped: b.as_str().into(),
+            kept_from: "survivor".into(),
+        });
     }
 
     let mut pick = |field: &str, a: Value, b: Value| -> Value {

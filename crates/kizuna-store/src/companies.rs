@@ -70,12 +70,13 @@ pub fn apply(c: &mut Company, input: CompanyInput, fill_only: bool) -> bool {
             _ => {}
         }
     }
-    if let Patch::Value(n) = input.name {
-        if !fill_only && n != c.name {
-            c.name_key = normalize_company_name(&n);
-            c.name = n;
-            changed = true;
-        }
+    if let Patch::Value(n) = input.name
+        && !fill_only
+        && n != c.name
+    {
+        c.name_key = normalize_company_name(&n);
+        c.name = n;
+        changed = true;
     }
     set(&mut c.domain, input.domain, fill_only, &mut changed);
     set(&mut c.industry, input.industry, fill_only, &mut changed);

@@ -17,6 +17,15 @@ use sqlx::{FromRow, Postgres, SqlSafeStr, Sqlite, Transaction};
 use std::sync::Arc;
 use uuid::Uuid;
 
+/// SQL text built at run time by this crate's callers (benchmarks, tools). Only for text that
+/// contains no user input.
+pub type SqlText = sqlx::AssertSqlSafe<String>;
+
+/// Wraps run-time SQL text (see [`SqlText`]).
+pub fn assert_sql_safe(s: String) -> SqlText {
+    sqlx::AssertSqlSafe(s)
+}
+
 /// Which SQL dialect is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {

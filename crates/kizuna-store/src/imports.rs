@@ -523,6 +523,10 @@ impl ImportWriter {
                     }
                     out.push(Some(id));
                 }
+                None if !input.name.is_present() => {
+                    // Only a domain was given and no company has it: nothing to link to.
+                    out.push(None);
+                }
                 None => {
                     let c = new_company(input.clone(), self.now);
                     if let Some(d) = d {

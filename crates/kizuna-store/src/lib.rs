@@ -4,7 +4,7 @@
 //! (to scale out: several stateless nodes share one database). Queries are written once in
 //! [`db`]'s query layer; modules are named for what they keep, in the marketer's vocabulary:
 //! [`contacts`], [`companies`], [`fields`], [`lists`], [`events`] (the timeline), [`merges`],
-//! [`imports`], [`keys`] (API and write keys), [`users`] (sales reps and marketers),
+//! [`imports`] and [`csv_import`], [`keys`] (API and write keys), [`users`] (sales reps and marketers),
 //! [`suppressions`]. Migrations ([`migrate`]) are numbered, one folder per backend, and run on start.
 #![deny(missing_docs)]
 
@@ -13,6 +13,7 @@ pub mod migrate;
 
 pub mod companies;
 pub mod contacts;
+pub mod csv_import;
 pub mod events;
 pub mod fields;
 pub mod imports;
@@ -254,10 +255,10 @@ pub(crate) fn on_unique(
     field: &str,
     message: impl FnOnce() -> String,
 ) -> StoreError {
-    if let StoreError::Db(sqlx::Error::Database(d)) = &e {
-        if d.is_unique_violation() {
-            return StoreError::conflict(field, message());
-        }
+    if let StoreError::Db(sqlx::Error::Database(d)) = &e
+        && d.is_unique_violation()
+    {
+        return StoreError::conflict(field, message());
     }
     e
 }

@@ -1,0 +1,37 @@
+//! What every handler shares.
+
+use kizuna_core::clock::SharedClock;
+use kizuna_store::Store;
+use std::path::PathBuf;
+
+/// Settings of the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Largest CSV accepted by `POST /api/v1/imports`, in bytes.
+    pub max_import_bytes: u64,
+    /// Largest JSON body accepted by the REST API, in bytes.
+    pub max_json_bytes: usize,
+    /// Where uploads are spooled before an import reads them.
+    pub spool_dir: PathBuf,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            max_import_bytes: 512 * 1024 * 1024,
+            max_json_bytes: 1024 * 1024,
+            spool_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Shared state: cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// Time.
+    pub clock: SharedClock,
+    /// Settings.
+    pub config: std::sync::Arc<WebConfig>,
+}

@@ -1,0 +1,124 @@
+//! `kizuna serve`: everything in one process, stopped gracefully by SIGTERM or Ctrl-C.
+
+use crate::cli::StoreArgs;
+use anyhow::Context;
+use kizuna_core::clock::{Clock, SharedClock, SystemClock};
+use kizuna_store::Store;
+use kizuna_store::keys::Scope;
+use kizuna_web::{AppState, WebConfig};
+use std::process::ExitCode;
+use std::sync::Arc;
+use tracing_subscriber::EnvFilter;
+
+/// Structured logs: `RUST_LOG` filters (default `info`); `KIZUNA_LOG_FORMAT=json` (or
+/// `log_format = "json"` in the config file) for one JSON object per line.
+pub fn init_logging(format: Option<&str>) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let format = std::env::var("KIZUNA_LOG_FORMAT")
+        .ok()
+        .or(format.map(str::to_string))
+        .unwrap_or_default();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs the server.
+pub async fn run(
+    listen: Option<String>,
+    demo: bool,
+    store_args: StoreArgs,
+) -> anyhow::Result<ExitCode> {
+    let (store_cfg, file) = store_args.resolve()?;
+    init_logging(file.log_format.as_deref());
+    let listen = listen
+        .or(file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let store = Store::open(&store_cfg)
+        .await
+        .context("cannot open the database")?;
+    tracing::info!(database = store.describe(), "database ready");
+    let clock: SharedClock = Arc::new(SystemClock);
+
+    if demo {
+        load_demo(&store, clock.as_ref()).await?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let config = WebConfig {
+        max_import_bytes: file.max_import_mib.unwrap_or(512) * 1024 * 1024,
+        spool_dir: if store_cfg.database_url.is_none() {
+            store_cfg.data_dir.join("spool")
+        } else {
+            std::env::temp_dir()
+        },
+        ..Default::default()
+    };
+    std::fs::create_dir_all(&config.spool_dir)
+        .with_context(|| format!("cannot create {}", config.spool_dir.display()))?;
+    let state = AppState {
+        store: store.clone(),
+        clock,
+        config: Arc::new(config),
+    };
+    tracing::info!(%addr, "kizuna listening on http://{addr}");
+    kizuna_web::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!("stopped accepting requests; in-flight requests finished");
+    store.close().await;
+    tracing::info!("database closed; bye");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn load_demo(store: &Store, clock: &dyn Clock) -> anyhow::Result<()> {
+    if store.count_contacts().await? > 0 {
+        tracing::info!("--demo: the database already has contacts; not loading sample data again");
+        return Ok(());
+    }
+    let n = crate::demo::generate(store, 2000, 42, clock.now()).await?;
+    let (_, secret) = store
+        .create_api_key("demo", &[Scope::Admin], clock.now())
+        .await?;
+    let wk = store.create_write_key("demo site", clock.now()).await?;
+    tracing::info!(
+        contacts = n.contacts,
+        companies = n.companies,
+        "--demo: sample data loaded"
+    );
+    eprintln!(
+        "\n  Demo data loaded: {} contacts, {} companies.\n  Demo admin API key (shown once): {secret}\n  Tracking write key: {wk}\n  Try: curl -H 'Authorization: Bearer {secret}' http://127.0.0.1:8080/api/v1/contacts?limit=3\n",
+        n.contacts, n.companies
+    );
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight work");
+}
