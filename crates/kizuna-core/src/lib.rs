@@ -16,6 +16,10 @@
 //! - [`export`]: writing contacts to CSV for spreadsheets.
 //! - [`tracking`]: parsing and checking Segment-spec tracking messages; attribution.
 //! - [`clock`]: the source of time for all logic.
+//! - [`filter`]: the filter language of segments (and of fit and owner-assignment rules).
+//! - [`scoring`]: scoring models — behaviour and fit rules, grades, decay, thresholds, MQL.
+//! - [`lifecycle`]: stage history, the sales handoff policy and BANT.
+//! - [`span`], [`time`], [`title`]: durations, instants, job levels from titles.
 //! - [`error`]: validation errors that name the offending field.
 #![deny(missing_docs)]
 
@@ -26,9 +30,15 @@ pub mod email_address;
 pub mod error;
 pub mod export;
 pub mod field;
+pub mod filter;
 pub mod import;
+pub mod lifecycle;
 pub mod merge;
 pub mod patch;
+pub mod scoring;
+pub mod span;
+pub mod time;
+pub mod title;
 pub mod tracking;
 
 pub use error::{ValidationError, ValidationErrors};
