@@ -100,19 +100,37 @@ impl From<EventRow> for Event {
 const CHUNK: usize = 1000;
 
 /// Appends events inside a transaction, in multi-row statements. Returns their ids.
+///
+/// Every row gets its place in the log (`seq`, see migration 0004): on SQLite a block of numbers
+/// is taken from `event_log_seq` inside this (writing) transaction, so numbers follow commit
+/// order; on PostgreSQL the column defaults fill `seq` and `txid`.
 pub async fn append(
     tx: &mut Tx,
     events: Vec<NewEvent>,
     received_at: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, StoreError> {
+    let sqlite = tx.dialect() == crate::db::Dialect::Sqlite;
+    let width = if sqlite { 9 } else { 8 };
     let mut ids = Vec::with_capacity(events.len());
     let mut it = events.into_iter().peekable();
     while it.peek().is_some() {
         let chunk: Vec<NewEvent> = it.by_ref().take(CHUNK).collect();
-        let mut sql = String::from(
-            "INSERT INTO events (id, contact_id, type, occurred_at, received_at, source, message_id, properties) VALUES ",
-        );
-        let mut a: Vec<Val> = Vec::with_capacity(chunk.len() * 8);
+        let mut next_seq = 0i64;
+        if sqlite {
+            let last: crate::db::One<i64> = tx
+                .fetch_one(
+                    "UPDATE event_log_seq SET last = last + $1 WHERE id = 1 RETURNING last",
+                    args![chunk.len() as i64],
+                )
+                .await?;
+            next_seq = last.0 - chunk.len() as i64 + 1;
+        }
+        let mut sql = String::from(if sqlite {
+            "INSERT INTO events (id, contact_id, type, occurred_at, received_at, source, message_id, properties, seq) VALUES "
+        } else {
+            "INSERT INTO events (id, contact_id, type, occurred_at, received_at, source, message_id, properties) VALUES "
+        });
+        let mut a: Vec<Val> = Vec::with_capacity(chunk.len() * width);
         for (i, e) in chunk.into_iter().enumerate() {
             let id = Uuid::now_v7();
             ids.push(id);
@@ -120,17 +138,14 @@ pub async fn append(
                 sql.push(',');
             }
             let n = a.len();
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7,
-                n + 8
-            ));
+            sql.push('(');
+            for k in 1..=width {
+                if k > 1 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", n + k));
+            }
+            sql.push(')');
             a.extend(args![
                 id,
                 e.contact_id,
@@ -141,6 +156,10 @@ pub async fn append(
                 e.message_id,
                 e.properties
             ]);
+            if sqlite {
+                a.push(Val::from(next_seq));
+                next_seq += 1;
+            }
         }
         tx.execute(sqlx::AssertSqlSafe(sql), a).await?;
     }

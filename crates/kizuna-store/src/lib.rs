@@ -5,7 +5,9 @@
 //! [`db`]'s query layer; modules are named for what they keep, in the marketer's vocabulary:
 //! [`contacts`], [`companies`], [`fields`], [`lists`], [`events`] (the timeline), [`merges`],
 //! [`imports`] and [`csv_import`], [`keys`] (API and write keys), [`users`] (sales reps and marketers),
-//! [`suppressions`]. Migrations ([`migrate`]) are numbered, one folder per backend, and run on start.
+//! [`suppressions`]; for the engine: [`log`] (the event log in commit order, checkpoints and
+//! leases), [`engine_state`] (per-contact features, scores, memberships, timers, effects),
+//! [`definitions`] (segments, scoring models) and [`sales`] (handoffs, tasks, notifications). Migrations ([`migrate`]) are numbered, one folder per backend, and run on start.
 #![deny(missing_docs)]
 
 pub mod db;
@@ -14,13 +16,17 @@ pub mod migrate;
 pub mod companies;
 pub mod contacts;
 pub mod csv_import;
+pub mod definitions;
+pub mod engine_state;
 pub mod events;
 pub mod fields;
 pub mod imports;
 pub mod keys;
 pub mod lists;
+pub mod log;
 pub mod merges;
 pub mod page;
+pub mod sales;
 pub mod suppressions;
 pub mod users;
 

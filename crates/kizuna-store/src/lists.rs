@@ -69,7 +69,30 @@ pub async fn ensure(tx: &mut Tx, name: &str, now: DateTime<Utc>) -> Result<Uuid,
     Ok(id)
 }
 
-/// Adds contacts to a list (already-members are left as they are).
+/// `list.added` / `list.removed` events for contacts (the engine re-checks segments that read
+/// list membership when it sees them).
+fn membership_events(
+    kind: &str,
+    list_id: Uuid,
+    contacts: &[Uuid],
+    now: DateTime<Utc>,
+) -> Vec<crate::events::NewEvent> {
+    contacts
+        .iter()
+        .map(|c| {
+            crate::events::NewEvent::new(
+                *c,
+                kind,
+                now,
+                "kizuna",
+                serde_json::json!({"list_id": list_id}),
+            )
+        })
+        .collect()
+}
+
+/// Adds contacts to a list (already-members are left as they are); each new member gets a
+/// `list.added` event.
 pub async fn add_members(
     tx: &mut Tx,
     list_id: Uuid,
@@ -93,8 +116,11 @@ pub async fn add_members(
             ));
             a.extend(args![*c, list_id, now]);
         }
-        sql.push_str(" ON CONFLICT (contact_id, list_id) DO NOTHING");
-        added += tx.execute(sqlx::AssertSqlSafe(sql), a).await?;
+        sql.push_str(" ON CONFLICT (contact_id, list_id) DO NOTHING RETURNING contact_id");
+        let new: Vec<crate::db::One<Uuid>> = tx.fetch_all(sqlx::AssertSqlSafe(sql), a).await?;
+        let new: Vec<Uuid> = new.into_iter().map(|r| r.0).collect();
+        added += new.len() as u64;
+        crate::events::append(tx, membership_events("list.added", list_id, &new, now), now).await?;
     }
     Ok(added)
 }
@@ -203,11 +229,12 @@ impl Store {
         Ok(n)
     }
 
-    /// Removes a contact from a list.
+    /// Removes a contact from a list (a `list.removed` event records it).
     pub async fn remove_from_list(
         &self,
         list_id: Uuid,
         contact_id: Uuid,
+        now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.db().begin().await?;
         let n = tx
@@ -216,13 +243,26 @@ impl Store {
                 args![list_id, contact_id],
             )
             .await?;
+        if n > 0 {
+            crate::events::append(
+                &mut tx,
+                membership_events("list.removed", list_id, &[contact_id], now),
+                now,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(n > 0)
     }
 
     /// Deletes a list (its contacts stay).
-    pub async fn delete_list(&self, id: Uuid) -> Result<(), StoreError> {
+    pub async fn delete_list(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.db().begin().await?;
+        let members: Vec<crate::db::One<Uuid>> = tx
+            .fetch_all("SELECT contact_id FROM list_members WHERE list_id = $1", args![id])
+            .await?;
+        let members: Vec<Uuid> = members.into_iter().map(|r| r.0).collect();
+        crate::events::append(&mut tx, membership_events("list.removed", id, &members, now), now).await?;
         tx.execute("DELETE FROM list_members WHERE list_id = $1", args![id])
             .await?;
         if tx

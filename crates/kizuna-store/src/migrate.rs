@@ -12,12 +12,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "lead_database",
-    sqlite: include_str!("../migrations/sqlite/0001_lead_database.sql"),
-    postgres: include_str!("../migrations/postgres/0001_lead_database.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "lead_database",
+        sqlite: include_str!("../migrations/sqlite/0001_lead_database.sql"),
+        postgres: include_str!("../migrations/postgres/0001_lead_database.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "engine",
+        sqlite: include_str!("../migrations/sqlite/0004_engine.sql"),
+        postgres: include_str!("../migrations/postgres/0004_engine.sql"),
+    },
+];
 
 /// The newest schema version this binary knows.
 pub fn latest_version() -> i64 {
@@ -51,7 +59,10 @@ pub async fn run(db: &Db) -> Result<Vec<i64>, StoreError> {
         )));
     }
     let mut done = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+    // Every migration not yet applied, in order (numbers are assigned to features ahead of
+    // time, so a lower number may land after a higher one).
+    let applied: std::collections::HashSet<i64> = applied.iter().map(|v| v.0).collect();
+    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
         let sql = match tx.dialect() {
             Dialect::Sqlite => m.sqlite,
             Dialect::Postgres => m.postgres,

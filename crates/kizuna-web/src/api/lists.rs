@@ -69,7 +69,7 @@ async fn remove(
 ) -> ApiResult<StatusCode> {
     let id = parse_id(&id, "list")?;
     s.store
-        .delete_list(id)
+        .delete_list(id, s.clock.now())
         .await
         .map_err(|e| not_found(e, "list"))?;
     Ok(StatusCode::NO_CONTENT)
@@ -102,7 +102,7 @@ async fn remove_member(
     Path((id, contact)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let (id, contact) = (parse_id(&id, "list")?, parse_id(&contact, "contact")?);
-    if s.store.remove_from_list(id, contact).await? {
+    if s.store.remove_from_list(id, contact, s.clock.now()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(crate::error::ApiError::not_found("list member"))
