@@ -145,6 +145,25 @@ impl Store {
         Ok(rows.into_iter().map(Company::from).collect())
     }
 
+    /// Every company.
+    pub async fn all_companies(&self) -> Result<Vec<Company>, StoreError> {
+        let rows: Vec<crate::companies::CompanyRow> = self
+            .db()
+            .reader()
+            .fetch_all(
+                sqlx::AssertSqlSafe(format!("SELECT {} FROM companies", crate::companies::COLUMNS)),
+                vec![],
+            )
+            .await?;
+        Ok(rows.into_iter().map(Company::from).collect())
+    }
+
+    /// Which of these contacts exist.
+    pub async fn existing_contacts(&self, ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
+        let rows: Vec<One<Uuid>> = by_ids(self, "SELECT id FROM contacts WHERE id", "", ids).await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     /// Feature states of contacts: (contact, feature key, state JSON).
     pub async fn features_of(
         &self,
@@ -484,6 +503,18 @@ pub async fn upsert_features(
             a.extend(args![*c, k.as_str(), s.as_str()]);
         }
         tx.execute(sqlx::AssertSqlSafe(sql), a).await?;
+    }
+    Ok(())
+}
+
+/// Deletes some contacts' feature rows: (contact, key).
+pub async fn delete_contact_features(tx: &mut Tx, rows: &[(Uuid, String)]) -> Result<(), StoreError> {
+    for (c, k) in rows {
+        tx.execute(
+            "DELETE FROM engine_features WHERE contact_id = $1 AND feature = $2",
+            args![*c, k.as_str()],
+        )
+        .await?;
     }
     Ok(())
 }

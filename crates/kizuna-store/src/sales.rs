@@ -577,3 +577,115 @@ impl Store {
         tx.commit().await
     }
 }
+
+/// A rep's answer to a pending handoff.
+#[derive(Debug, Clone)]
+pub enum Answer<'a> {
+    /// Accepted: the contact becomes an SQL, with BANT.
+    Accept {
+        /// Budget, authority, need, timeline (JSON object).
+        bant: &'a Value,
+        /// Note.
+        note: Option<&'a str>,
+    },
+    /// Rejected: the contact goes back to nurture (lead), with a reason.
+    Reject {
+        /// Reason code.
+        reason: &'a str,
+        /// Note.
+        note: Option<&'a str>,
+    },
+}
+
+impl Store {
+    /// Records a rep's answer to a contact's pending handoff: the handoff's state, the stage
+    /// (SQL on accept, lead on reject), `handoff.accepted`/`handoff.rejected` and
+    /// `stage.changed` events; a rejection cancels the open follow-up tasks.
+    pub async fn answer_handoff(
+        &self,
+        contact: Uuid,
+        answer: Answer<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Handoff, StoreError> {
+        let mut tx = self.db().begin().await?;
+        let c = crate::contacts::get_in(&mut tx, contact)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let h = open_handoff_in(&mut tx, contact).await?;
+        let Some(h) = h.filter(|h| h.status == "pending") else {
+            return Err(StoreError::conflict(
+                "contact_id",
+                "this contact has no pending handoff to answer",
+            ));
+        };
+        let (status, to, cause, mut props) = match &answer {
+            Answer::Accept { bant, note } => (
+                "accepted",
+                kizuna_core::contact::LifecycleStage::Sql,
+                "sales.accepted",
+                serde_json::json!({"handoff_id": h.id, "owner_id": h.owner_id, "bant": bant, "note": note}),
+            ),
+            Answer::Reject { reason, note } => (
+                "rejected",
+                kizuna_core::contact::LifecycleStage::Lead,
+                "sales.rejected",
+                serde_json::json!({"handoff_id": h.id, "owner_id": h.owner_id, "reason": reason, "note": note}),
+            ),
+        };
+        let (bant, reason, note) = match &answer {
+            Answer::Accept { bant, note } => (Some(*bant), None, *note),
+            Answer::Reject { reason, note } => (None, Some(*reason), *note),
+        };
+        decide_handoff(&mut tx, h.id, status, bant, reason, note, now).await?;
+        tx.execute(
+            "UPDATE contacts SET lifecycle_stage = $2, updated_at = $3 WHERE id = $1",
+            args![contact, to.as_str(), now],
+        )
+        .await?;
+        if status == "rejected" {
+            tx.execute(
+                "UPDATE tasks SET status = 'canceled', completed_at = $2 WHERE handoff_id = $1 AND status = 'open'",
+                args![h.id, now],
+            )
+            .await?;
+        }
+        props["from_stage"] = serde_json::json!(c.lifecycle_stage);
+        let mut events = vec![crate::events::NewEvent::new(
+            contact,
+            if status == "accepted" {
+                "handoff.accepted"
+            } else {
+                "handoff.rejected"
+            },
+            now,
+            "sales",
+            props,
+        )];
+        if c.lifecycle_stage != to {
+            events.push(crate::events::NewEvent::new(
+                contact,
+                "stage.changed",
+                now,
+                "sales",
+                serde_json::json!({"from": c.lifecycle_stage, "to": to, "cause": cause}),
+            ));
+        }
+        crate::events::append(&mut tx, events, now).await?;
+        tx.commit().await?;
+        Ok(self
+            .handoffs_of(contact)
+            .await?
+            .into_iter()
+            .find(|x| x.id == h.id)
+            .unwrap_or(h))
+    }
+
+    /// The contact's open handoff, if any (pending or accepted).
+    pub async fn open_handoff(&self, contact: Uuid) -> Result<Option<Handoff>, StoreError> {
+        Ok(self
+            .handoffs_of(contact)
+            .await?
+            .into_iter()
+            .find(|h| h.status == "pending" || h.status == "accepted"))
+    }
+}

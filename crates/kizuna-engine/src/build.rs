@@ -1,0 +1,705 @@
+//! The bulk path: building a new or edited segment or scoring model at once (ARCHITECTURE.md:
+//! "full recomputation exists for new or edited definitions and is a fast bulk path"), and
+//! previewing a segment without saving it.
+//!
+//! A segment build (1) backfills behaviour features no definition read before, from the log up
+//! to the checkpoint; (2) narrows the contacts to candidates — the contacts that can possibly
+//! match, from what the filter requires (holders of a required feature, members of a required
+//! segment or list, contacts of companies that pass a company condition, contacts with a
+//! required grade or score) intersected for AND and united for OR; (3) evaluates the exact
+//! filter on those contacts' state; (4) writes the difference with the old members, as
+//! `segment.entered` / `segment.exited` events keyed by the build. It runs inside the engine
+//! loop, between two batches, so it sees exactly the state at the checkpoint.
+
+use crate::definitions::{self, Definitions, ModelDef, Names, SegmentDef};
+use crate::pipeline::ENGINE_SOURCE;
+use crate::state::{ContactState, Load, load_states};
+use crate::{Engine, EngineError};
+use kizuna_core::clock::Clock;
+use kizuna_core::contact::{Contact, LifecycleStage, Temperature};
+use kizuna_core::filter::attribute::{AttrValue, Attribute};
+use kizuna_core::filter::event::{FeatureDef, FeatureState};
+use kizuna_core::filter::op::{Cmp, Op, Operand};
+use kizuna_core::filter::{self, Filter, Node};
+use kizuna_core::scoring::{Grade, ScorePart, ScoreState};
+use kizuna_core::time::{from_micros, micros};
+use kizuna_store::Store;
+use kizuna_store::definitions::{DefinitionKind, mark_built};
+use kizuna_store::engine_state::{self as es, ScoreRow};
+use kizuna_store::events::NewEvent;
+use kizuna_store::log::LogPosition;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Setting: the behaviour features whose state is complete (maintained since built).
+pub const FEATURES_BUILT: &str = "features_built";
+/// Contacts evaluated per chunk.
+const CHUNK: usize = 1000;
+/// Log events read per page.
+const PAGE: u32 = 50_000;
+
+async fn built_features(store: &Store) -> Result<BTreeSet<String>, EngineError> {
+    Ok(store
+        .setting(FEATURES_BUILT)
+        .await?
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default())
+}
+
+/// Brings stored results in line with the definitions: marks broken definitions failed,
+/// backfills new features and drops unused ones, builds pending models and segments (and the
+/// segments that read them). Returns how much was done (0: nothing to do).
+pub async fn sync(engine: &Engine, defs: &Arc<Definitions>) -> Result<usize, EngineError> {
+    let store = engine.store();
+    let now = engine.now();
+    let pending = defs.pending_builds();
+    let mut work = 0;
+    if !defs.broken.is_empty() {
+        let mut tx = store.db().begin().await?;
+        for (k, id, v, err) in &defs.broken {
+            tracing::warn!(kind = ?k, %id, error = %err, "definition does not compile; marked failed");
+            mark_built(&mut tx, *k, *id, *v, Some(err), now).await?;
+        }
+        tx.commit().await?;
+        work += defs.broken.len();
+    }
+    let built = built_features(store).await?;
+    let wanted: BTreeSet<String> = defs.features.iter().map(|f| f.key.clone()).collect();
+    if built != wanted {
+        let new: Vec<FeatureDef> = defs
+            .features
+            .iter()
+            .filter(|f| !built.contains(&f.key))
+            .cloned()
+            .collect();
+        if !new.is_empty() {
+            let upto = engine.position().await?;
+            let started = std::time::Instant::now();
+            let states = backfill(store, &new, upto).await?;
+            write_features(store, &new, states).await?;
+            tracing::info!(features = new.len(), elapsed = ?started.elapsed(), "behaviour features backfilled from the log");
+        }
+        let mut tx = store.db().begin().await?;
+        for gone in built.difference(&wanted) {
+            es::delete_feature(&mut tx, gone).await?;
+        }
+        es::set_setting(
+            &mut tx,
+            FEATURES_BUILT,
+            &serde_json::to_string(&wanted).unwrap_or_default(),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        work += 1;
+    }
+    let mut rebuilt: HashSet<Uuid> = HashSet::new();
+    for (kind, id, _) in &pending {
+        if *kind != DefinitionKind::ScoringModel {
+            continue;
+        }
+        if let Some(md) = defs.models.iter().find(|m| m.model.id == *id) {
+            build_model(engine, defs, md).await?;
+            work += 1;
+            for s in defs.dependents_of(*id, true) {
+                if rebuilt.insert(s)
+                    && let Some(seg) = defs.segment(s)
+                {
+                    build_segment(engine, defs, seg).await?;
+                }
+            }
+        }
+    }
+    for seg in &defs.segments {
+        let pending_here = pending
+            .iter()
+            .any(|(k, id, _)| *k == DefinitionKind::Segment && *id == seg.id);
+        if !pending_here || rebuilt.contains(&seg.id) {
+            continue;
+        }
+        build_segment(engine, defs, seg).await?;
+        rebuilt.insert(seg.id);
+        work += 1;
+        for s in defs.dependents_of(seg.id, false) {
+            if rebuilt.insert(s)
+                && let Some(d) = defs.segment(s)
+            {
+                build_segment(engine, defs, d).await?;
+            }
+        }
+    }
+    Ok(work)
+}
+
+/// Computes features from the log up to `upto`: (contact, feature index) → state.
+pub async fn backfill(
+    store: &Store,
+    features: &[FeatureDef],
+    upto: LogPosition,
+) -> Result<HashMap<(Uuid, usize), FeatureState>, EngineError> {
+    let mut types: Option<Vec<String>> = Some(Vec::new());
+    for f in features {
+        match (f.matcher.exact_types(), types.as_mut()) {
+            (Some(t), Some(all)) => all.extend(t),
+            _ => types = None,
+        }
+    }
+    if let Some(t) = types.as_mut() {
+        t.sort();
+        t.dedup();
+    }
+    let mut out: HashMap<(Uuid, usize), FeatureState> = HashMap::new();
+    let mut pos = LogPosition {
+        tx: i64::MIN,
+        seq: i64::MIN,
+    };
+    loop {
+        let batch = store.read_log(pos, Some(upto), types.as_deref(), PAGE).await?;
+        let Some(last) = batch.last().map(|e| e.position) else {
+            break;
+        };
+        for e in &batch {
+            if e.source == ENGINE_SOURCE {
+                continue;
+            }
+            for (i, f) in features.iter().enumerate() {
+                if f.matcher.matches(&e.event_type, &e.properties) {
+                    out.entry((e.contact_id, i))
+                        .or_default()
+                        .record(e.occurred_at, f.keep);
+                }
+            }
+        }
+        pos = last;
+        if (batch.len() as u32) < PAGE {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+async fn write_features(
+    store: &Store,
+    features: &[FeatureDef],
+    states: HashMap<(Uuid, usize), FeatureState>,
+) -> Result<(), EngineError> {
+    let mut rows: Vec<(Uuid, String, String)> = states
+        .into_iter()
+        .map(|((c, i), st)| {
+            (
+                c,
+                features[i].key.clone(),
+                serde_json::to_string(&st).unwrap_or_default(),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for chunk in rows.chunks(5000) {
+        let mut tx = store.db().begin().await?;
+        match es::upsert_features(&mut tx, chunk).await {
+            Ok(()) => tx.commit().await?,
+            Err(_) => {
+                // Events of contacts that no longer exist: keep the rows of those that do.
+                drop(tx);
+                let ids: Vec<Uuid> = chunk.iter().map(|r| r.0).collect();
+                let live = store.existing_contacts(&ids).await?;
+                let keep: Vec<_> = chunk.iter().filter(|r| live.contains(&r.0)).cloned().collect();
+                let mut tx = store.db().begin().await?;
+                es::upsert_features(&mut tx, &keep).await?;
+                tx.commit().await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+type Set = HashSet<Uuid>;
+type Fut<'a> = Pin<Box<dyn Future<Output = Result<Option<Set>, EngineError>> + Send + 'a>>;
+
+/// Overrides for candidates: in-memory feature holders (preview of unbuilt features).
+#[derive(Default)]
+pub struct Holders(pub HashMap<String, Set>);
+
+/// The contacts that can possibly match `n` (`None`: any contact could).
+pub fn candidates<'a>(
+    store: &'a Store,
+    n: &'a Node,
+    holders: &'a Holders,
+    companies: &'a tokio::sync::OnceCell<Vec<kizuna_core::company::Company>>,
+) -> Fut<'a> {
+    Box::pin(async move {
+        Ok(match n {
+            Node::All(xs) => {
+                let mut sets: Vec<Set> = Vec::new();
+                for x in xs {
+                    if let Some(s) = candidates(store, x, holders, companies).await? {
+                        sets.push(s);
+                    }
+                }
+                sets.sort_by_key(|s| s.len());
+                let mut it = sets.into_iter();
+                it.next().map(|first| {
+                    it.fold(first, |acc, s| acc.into_iter().filter(|c| s.contains(c)).collect())
+                })
+            }
+            Node::Any(xs) => {
+                let mut acc = Set::new();
+                for x in xs {
+                    match candidates(store, x, holders, companies).await? {
+                        Some(s) => acc.extend(s),
+                        None => return Ok(None),
+                    }
+                }
+                Some(acc)
+            }
+            Node::Event(e) => {
+                let needs_one = match e.count {
+                    (Cmp::Gte | Cmp::Eq, n) => n >= 1,
+                    (Cmp::Gt, _) => true,
+                    _ => false,
+                } || e.first.is_some()
+                    || e.last.is_some();
+                if !needs_one {
+                    None
+                } else if let Some(h) = holders.0.get(&e.feature.key) {
+                    Some(h.clone())
+                } else {
+                    Some(
+                        store
+                            .feature_holders(&e.feature.key)
+                            .await?
+                            .into_iter()
+                            .map(|r| r.0)
+                            .collect(),
+                    )
+                }
+            }
+            Node::Segment(s) => Some(store.segment_member_ids(*s).await?.into_iter().collect()),
+            Node::List(l) => Some(store.list_member_ids(*l).await?.into_iter().collect()),
+            Node::Grade { model, allowed } if !allowed.contains(&Grade::D) => {
+                let g: Vec<&str> = allowed.iter().map(|g| g.as_str()).collect();
+                Some(store.contacts_with_grades(*model, &g).await?.into_iter().collect())
+            }
+            Node::Score {
+                model,
+                part: ScorePart::Total,
+                cmp: Cmp::Gte | Cmp::Gt,
+                value,
+            } if *value > 0.0 => Some(
+                store
+                    .contacts_with_score_at_least(*model, *value)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            ),
+            Node::Attribute {
+                attr: attr @ Attribute::Company(_),
+                op,
+            } if !op.test(&AttrValue::Missing, 0).value && !op.is_relative() => {
+                let all = companies
+                    .get_or_try_init(|| async { store.all_companies().await })
+                    .await?;
+                let dummy = Contact::new(Uuid::nil(), from_micros(0));
+                let ids: Vec<Uuid> = all
+                    .iter()
+                    .filter(|co| op.test(&attr.value(&dummy, Some(co)), 0).value)
+                    .map(|co| co.id)
+                    .collect();
+                Some(store.contacts_of_companies(&ids).await?.into_iter().collect())
+            }
+            Node::Attribute {
+                attr: Attribute::Contact("lifecycle_stage"),
+                op: Op::Eq(Operand::Text(s)),
+            } => {
+                let st: Vec<LifecycleStage> = s.parse().into_iter().collect();
+                Some(store.contacts_in_stages(&st).await?.into_iter().collect())
+            }
+            Node::Attribute {
+                attr: Attribute::Contact("lifecycle_stage"),
+                op: Op::In(os),
+            } => {
+                let st: Vec<LifecycleStage> = os
+                    .iter()
+                    .filter_map(|o| match o {
+                        Operand::Text(s) => s.parse().ok(),
+                        _ => None,
+                    })
+                    .collect();
+                Some(store.contacts_in_stages(&st).await?.into_iter().collect())
+            }
+            _ => None,
+        })
+    })
+}
+
+/// Evaluates a filter on contacts (all of them when `ids` is `None`): the members, and the
+/// earliest instant each evaluated contact's answer could change by time alone.
+async fn evaluate(
+    store: &Store,
+    defs: &Arc<Definitions>,
+    f: &Filter,
+    ids: Option<Vec<Uuid>>,
+    now: i64,
+    extra: Option<&HashMap<String, HashMap<Uuid, FeatureState>>>,
+    mut visit: impl FnMut(&ContactState, bool, Option<i64>),
+) -> Result<(), EngineError> {
+    let load = Load {
+        members: !f.deps.segments.is_empty(),
+        lists: !f.deps.lists.is_empty(),
+        timers: true,
+    };
+    let mut run = |states: HashMap<Uuid, ContactState>| {
+        for mut cs in states.into_values() {
+            if let Some(extra) = extra {
+                for (k, m) in extra {
+                    if let Some(st) = m.get(&cs.contact.id) {
+                        cs.features.insert(k.clone(), st.clone());
+                    }
+                }
+            }
+            let o = f.eval(&cs, now);
+            visit(&cs, o.value, o.until.filter(|t| *t > now));
+        }
+    };
+    match ids {
+        Some(mut ids) => {
+            ids.sort();
+            for chunk in ids.chunks(CHUNK) {
+                run(load_states(store, defs, chunk, now, load).await?);
+            }
+        }
+        None => {
+            let mut after = None;
+            loop {
+                let chunk = store.contact_ids_after(after, CHUNK as u32).await?;
+                let Some(last) = chunk.last().copied() else {
+                    break;
+                };
+                after = Some(last);
+                run(load_states(store, defs, &chunk, now, load).await?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds a segment's members at the checkpoint and writes the difference.
+pub async fn build_segment(
+    engine: &Engine,
+    defs: &Arc<Definitions>,
+    seg: &SegmentDef,
+) -> Result<(), EngineError> {
+    let store = engine.store();
+    let now = engine.now();
+    let started = std::time::Instant::now();
+    let old: Set = store.segment_member_ids(seg.id).await?.into_iter().collect();
+    let cells = tokio::sync::OnceCell::new();
+    let cands = candidates(store, &seg.filter.root, &Holders::default(), &cells).await?;
+    let n_cands = cands.as_ref().map(|c| c.len());
+    let mut new = Set::new();
+    let mut timers: Vec<(Uuid, Option<i64>)> = Vec::new();
+    evaluate(
+        store,
+        defs,
+        &seg.filter,
+        cands.map(|c| c.into_iter().collect()),
+        now,
+        None,
+        |cs, member, until| {
+            if member {
+                new.insert(cs.contact.id);
+            }
+            if let Some(u) = until
+                && cs.timer_loaded.is_none_or(|t| u < t)
+            {
+                timers.push((cs.contact.id, Some(u)));
+            }
+        },
+    )
+    .await?;
+    let entered: Vec<Uuid> = new.difference(&old).copied().collect();
+    let exited: Vec<Uuid> = old.difference(&new).copied().collect();
+    let cause = format!("b{}", seg.version);
+    let mut tx = store.db().begin().await?;
+    es::insert_members(
+        &mut tx,
+        &entered.iter().map(|c| (seg.id, *c, now)).collect::<Vec<_>>(),
+    )
+    .await?;
+    es::delete_members(
+        &mut tx,
+        &exited.iter().map(|c| (seg.id, *c)).collect::<Vec<_>>(),
+    )
+    .await?;
+    es::set_timers(&mut tx, &timers).await?;
+    let mut keys: Vec<(String, Uuid)> = Vec::new();
+    let mut events = Vec::new();
+    for (list, kind, dir) in [
+        (&entered, "segment.entered", "in"),
+        (&exited, "segment.exited", "out"),
+    ] {
+        for c in list.iter() {
+            let key = format!("seg:{}:{c}:{dir}:{cause}", seg.id);
+            let mut e = NewEvent::new(
+                *c,
+                kind,
+                from_micros(now),
+                ENGINE_SOURCE,
+                json!({"segment_id": seg.id, "segment": seg.name, "cause": "build", "version": seg.version}),
+            );
+            e.message_id = Some(key.clone());
+            keys.push((key, *c));
+            events.push(e);
+        }
+    }
+    let done = store
+        .effects_done(&keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>())
+        .await?;
+    events.retain(|e| !done.contains(e.message_id.as_deref().unwrap_or("")));
+    keys.retain(|k| !done.contains(&k.0));
+    kizuna_store::events::append(&mut tx, events, from_micros(now)).await?;
+    es::record_effects(&mut tx, &keys, now).await?;
+    mark_built(&mut tx, DefinitionKind::Segment, seg.id, seg.version, None, now).await?;
+    tx.commit().await?;
+    tracing::info!(segment = %seg.name, candidates = ?n_cands, members = new.len(), entered = entered.len(),
+        exited = exited.len(), elapsed = ?started.elapsed(), "segment built");
+    Ok(())
+}
+
+/// Scores every contact under a new or edited model, from the log up to the checkpoint.
+/// Thresholds already reached are recorded without crossing events, and contacts already
+/// meeting the MQL rule are not handed off by the build: only a new crossing does that.
+pub async fn build_model(
+    engine: &Engine,
+    defs: &Arc<Definitions>,
+    md: &ModelDef,
+) -> Result<(), EngineError> {
+    let store = engine.store();
+    let now = engine.now();
+    let m = &md.model;
+    let started = std::time::Instant::now();
+    let upto = engine.position().await?;
+    let mut types: Option<Vec<String>> = Some(Vec::new());
+    for r in &m.rules {
+        match (r.matcher.exact_types(), types.as_mut()) {
+            (Some(t), Some(all)) => all.extend(t),
+            _ => types = None,
+        }
+    }
+    let mut states: HashMap<Uuid, ScoreState> = HashMap::new();
+    if types.as_ref().is_none_or(|t| !t.is_empty()) {
+        let mut pos = LogPosition {
+            tx: i64::MIN,
+            seq: i64::MIN,
+        };
+        loop {
+            let batch = store.read_log(pos, Some(upto), types.as_deref(), PAGE).await?;
+            let Some(last) = batch.last().map(|e| e.position) else {
+                break;
+            };
+            for e in &batch {
+                if e.source != ENGINE_SOURCE {
+                    let st = states.entry(e.contact_id).or_default();
+                    m.score_event(st, &e.event_type, &e.properties, e.occurred_at);
+                }
+            }
+            pos = last;
+            if (batch.len() as u32) < PAGE {
+                break;
+            }
+        }
+    }
+    let others: Vec<&ModelDef> = defs
+        .models
+        .iter()
+        .filter(|o| o.model.lifecycle && o.model.id != m.id)
+        .collect();
+    let cause = format!("b{}:{}", m.id, md.version);
+    let mut after = None;
+    loop {
+        let ids = store.contact_ids_after(after, 2000).await?;
+        let Some(last) = ids.last().copied() else {
+            break;
+        };
+        after = Some(last);
+        let loaded = load_states(
+            store,
+            defs,
+            &ids,
+            now,
+            Load {
+                members: false,
+                lists: false,
+                timers: true,
+            },
+        )
+        .await?;
+        let mut rows = Vec::with_capacity(loaded.len());
+        let mut timers = Vec::new();
+        let mut temps = Vec::new();
+        let mut events = Vec::new();
+        let mut keys = Vec::new();
+        for cs in loaded.values() {
+            let mut st = states.remove(&cs.contact.id).unwrap_or_default();
+            m.refit(&mut st, &cs.contact, cs.company.as_ref());
+            m.crossings(&mut st, now);
+            let r = m.reading(&st, now);
+            st.mql_armed = !m.qualifies(&r);
+            if let Some(t) = m.next_crossing(&st, now)
+                && cs.timer_loaded.is_none_or(|x| t < x)
+            {
+                timers.push((cs.contact.id, Some(t)));
+            }
+            if m.lifecycle {
+                let mut temp = m.temperature(&r);
+                for o in &others {
+                    if let Some(ost) = cs.scores.get(&o.model.id)
+                        && let Some(t) = o.model.temperature(&o.model.reading(ost, now))
+                    {
+                        temp = Some(hotter(temp, t));
+                    }
+                }
+                if let Some(t) = temp
+                    && t != cs.contact.temperature
+                {
+                    temps.push((cs.contact.id, t));
+                    let key = format!("temp:{}:{}:{cause}", cs.contact.id, t.as_str());
+                    let mut e = NewEvent::new(
+                        cs.contact.id,
+                        "temperature.changed",
+                        from_micros(now),
+                        ENGINE_SOURCE,
+                        json!({"from": cs.contact.temperature, "to": t, "cause": format!("scoring:{}", m.name)}),
+                    );
+                    e.message_id = Some(key.clone());
+                    keys.push((key, cs.contact.id));
+                    events.push(e);
+                }
+            }
+            rows.push(ScoreRow {
+                contact_id: cs.contact.id,
+                model_id: m.id,
+                score: r.value(ScorePart::Total),
+                behaviour: r.behaviour,
+                fit: r.fit,
+                grade: r.grade.to_string(),
+                as_of: now,
+                state: serde_json::to_string(&st).unwrap_or_default(),
+            });
+        }
+        let mut tx = store.db().begin().await?;
+        es::upsert_scores(&mut tx, &rows).await?;
+        es::set_timers(&mut tx, &timers).await?;
+        for (c, t) in &temps {
+            es::set_temperature(&mut tx, *c, *t, now).await?;
+        }
+        let done = store
+            .effects_done(&keys.iter().map(|k: &(String, Uuid)| k.0.clone()).collect::<Vec<_>>())
+            .await?;
+        events.retain(|e| !done.contains(e.message_id.as_deref().unwrap_or("")));
+        keys.retain(|k| !done.contains(&k.0));
+        kizuna_store::events::append(&mut tx, events, from_micros(now)).await?;
+        es::record_effects(&mut tx, &keys, now).await?;
+        tx.commit().await?;
+    }
+    let mut tx = store.db().begin().await?;
+    mark_built(&mut tx, DefinitionKind::ScoringModel, m.id, md.version, None, now).await?;
+    tx.commit().await?;
+    tracing::info!(model = %m.name, elapsed = ?started.elapsed(), "scoring model built");
+    Ok(())
+}
+
+fn hotter(a: Option<Temperature>, b: Temperature) -> Temperature {
+    match (a, b) {
+        (Some(Temperature::Hot), _) | (_, Temperature::Hot) => Temperature::Hot,
+        (Some(Temperature::Warm), _) | (_, Temperature::Warm) => Temperature::Warm,
+        _ => Temperature::Cold,
+    }
+}
+
+/// A segment preview: how many contacts match now and a few of them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    /// Matching contacts.
+    pub count: u64,
+    /// Contacts evaluated exactly (after narrowing to candidates).
+    pub evaluated: u64,
+    /// A sample of matching contacts (lowest ids first).
+    pub sample: Vec<Contact>,
+    /// When.
+    pub evaluated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Evaluates a filter without saving it (count and sample). Features no saved definition reads
+/// are computed from the log for the occasion.
+pub async fn preview(
+    store: &Store,
+    clock: &dyn Clock,
+    filter_def: &Value,
+    sample: usize,
+) -> Result<Preview, EngineError> {
+    let names = Names::load(store).await?;
+    let f = filter::compile(filter_def, &names, "filter")?;
+    let defs = Arc::new(definitions::load(store).await?);
+    let now = micros(clock.now());
+    let built = built_features(store).await?;
+    let missing: Vec<FeatureDef> = f
+        .features
+        .iter()
+        .filter(|fd| !built.contains(&fd.key))
+        .cloned()
+        .collect();
+    let mut extra: HashMap<String, HashMap<Uuid, FeatureState>> = HashMap::new();
+    let mut holders = Holders::default();
+    if !missing.is_empty() {
+        let head = store.log_head().await?;
+        for ((c, i), st) in backfill(store, &missing, head).await? {
+            extra
+                .entry(missing[i].key.clone())
+                .or_default()
+                .insert(c, st);
+        }
+        for fd in &missing {
+            let m = extra.entry(fd.key.clone()).or_default();
+            holders.0.insert(fd.key.clone(), m.keys().copied().collect());
+        }
+    }
+    let cells = tokio::sync::OnceCell::new();
+    let cands = candidates(store, &f.root, &holders, &cells).await?;
+    let mut count = 0u64;
+    let mut evaluated = 0u64;
+    let mut hits: Vec<Contact> = Vec::new();
+    evaluate(
+        store,
+        &defs,
+        &f,
+        cands.map(|c| c.into_iter().collect()),
+        now,
+        Some(&extra),
+        |cs, member, _| {
+            evaluated += 1;
+            if member {
+                count += 1;
+                hits.push(cs.contact.clone());
+                if hits.len() > sample * 4 + 64 {
+                    hits.sort_by_key(|c| c.id);
+                    hits.truncate(sample);
+                }
+            }
+        },
+    )
+    .await?;
+    hits.sort_by_key(|c| c.id);
+    hits.truncate(sample);
+    Ok(Preview {
+        count,
+        evaluated,
+        sample: hits,
+        evaluated_at: from_micros(now),
+    })
+}
