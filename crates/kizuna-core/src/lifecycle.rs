@@ -72,14 +72,11 @@ pub fn stage_history(
     let mut changes: Vec<&StageChange> = changes.iter().collect();
     changes.sort_by_key(|c| c.at);
     let mut out: Vec<StagePeriod> = Vec::new();
-    let first_stage = changes
-        .first()
-        .and_then(|c| if c.at <= created_at { None } else { c.from })
-        .unwrap_or(initial);
-    let starts_with_change = changes.first().is_some_and(|c| c.at <= created_at);
-    if !starts_with_change {
+    // A first change without a `from` is the stage given at creation; otherwise the contact
+    // started in the first change's `from` (or `initial`).
+    if changes.first().is_none_or(|c| c.from.is_some()) {
         out.push(StagePeriod {
-            stage: first_stage,
+            stage: changes.first().and_then(|c| c.from).unwrap_or(initial),
             entered_at: created_at,
             left_at: None,
             seconds: 0,

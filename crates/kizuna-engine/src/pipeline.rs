@@ -370,6 +370,11 @@ pub fn settle(
         }
         if m.lifecycle {
             lifecycle_touched = true;
+            if st.mql_armed && !may_become_mql(cs.contact.lifecycle_stage) && m.qualifies(&r) {
+                // Already MQL or further along: nothing to promote; wait for a new crossing.
+                st.mql_armed = false;
+                cs.dirty_scores.insert(m.id);
+            }
             if promote_by.is_none()
                 && st.mql_armed
                 && m.qualifies(&r)

@@ -448,24 +448,6 @@ impl Store {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0))
     }
-
-    /// Forgets all engine state (memberships, scores, features, timers, checkpoint; the effect
-    /// ledger stays so a replay repeats no effect). The next engine run replays the log.
-    pub async fn reset_engine_state(&self) -> Result<(), StoreError> {
-        let mut tx = self.db().begin().await?;
-        for t in [
-            "DELETE FROM segment_members",
-            "DELETE FROM contact_scores",
-            "DELETE FROM engine_features",
-            "DELETE FROM engine_timers",
-            "DELETE FROM engine_checkpoints",
-            "UPDATE segments SET built_version = 0, status = 'building'",
-            "UPDATE scoring_models SET built_version = 0, status = 'building'",
-        ] {
-            tx.execute(t, vec![]).await?;
-        }
-        tx.commit().await
-    }
 }
 
 /// Sets a setting.
