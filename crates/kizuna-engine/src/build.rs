@@ -80,7 +80,7 @@ pub async fn sync(engine: &Engine, defs: &Arc<Definitions>) -> Result<usize, Eng
         if !new.is_empty() {
             let upto = engine.position().await?;
             let started = std::time::Instant::now();
-            let states = backfill(store, &new, upto).await?;
+            let states = backfill(store, &new, Some(upto)).await?;
             write_features(store, &new, states).await?;
             tracing::info!(features = new.len(), elapsed = ?started.elapsed(), "behaviour features backfilled from the log");
         }
@@ -136,11 +136,12 @@ pub async fn sync(engine: &Engine, defs: &Arc<Definitions>) -> Result<usize, Eng
     Ok(work)
 }
 
-/// Computes features from the log up to `upto`: (contact, feature index) → state.
+/// Computes features from the log up to `upto` (everything committed when `None`):
+/// (contact, feature index) → state.
 pub async fn backfill(
     store: &Store,
     features: &[FeatureDef],
-    upto: LogPosition,
+    upto: Option<LogPosition>,
 ) -> Result<HashMap<(Uuid, usize), FeatureState>, EngineError> {
     let mut types: Option<Vec<String>> = Some(Vec::new());
     for f in features {
@@ -159,7 +160,10 @@ pub async fn backfill(
         seq: i64::MIN,
     };
     loop {
-        let batch = store.read_log(pos, Some(upto), types.as_deref(), PAGE).await?;
+        let batch = match upto {
+            Some(u) => store.read_log(pos, Some(u), types.as_deref(), PAGE).await?,
+            None => store.scan_log(pos, types.as_deref(), PAGE).await?,
+        };
         let Some(last) = batch.last().map(|e| e.position) else {
             break;
         };
@@ -657,8 +661,7 @@ pub async fn preview(
     let mut extra: HashMap<String, HashMap<Uuid, FeatureState>> = HashMap::new();
     let mut holders = Holders::default();
     if !missing.is_empty() {
-        let head = store.log_head().await?;
-        for ((c, i), st) in backfill(store, &missing, head).await? {
+        for ((c, i), st) in backfill(store, &missing, None).await? {
             extra
                 .entry(missing[i].key.clone())
                 .or_default()

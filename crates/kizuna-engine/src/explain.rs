@@ -199,7 +199,6 @@ pub async fn what_if(
         }
     };
     let now = micros(clock.now());
-    let head = store.log_head().await?;
     // Every scored event, grouped by contact, in log order.
     let mut types: Option<Vec<String>> = Some(Vec::new());
     for m in std::iter::once(&model).chain(current.iter()) {
@@ -214,9 +213,7 @@ pub async fn what_if(
     if types.as_ref().is_none_or(|t| !t.is_empty()) {
         let mut pos = LogPosition { tx: i64::MIN, seq: i64::MIN };
         loop {
-            let batch = store
-                .read_log(pos, Some(head), types.as_deref(), 20_000)
-                .await?;
+            let batch = store.scan_log(pos, types.as_deref(), 20_000).await?;
             let Some(last) = batch.last().map(|e| e.position) else {
                 break;
             };

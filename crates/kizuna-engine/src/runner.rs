@@ -163,13 +163,22 @@ impl Engine {
         })
     }
 
-    /// Turns until there is nothing left to do (tests, benchmarks, catch-up).
+    /// Turns until there is nothing left to do (tests, benchmarks, catch-up). On PostgreSQL
+    /// this also waits for committed events held back behind a transaction still running (the
+    /// log is read in commit order), for up to a minute.
     pub async fn run_until_idle(&self) -> Result<Progress, EngineError> {
         let mut total = Progress::default();
+        let mut waited = std::time::Duration::ZERO;
         loop {
             let p = self.run_once().await?;
             if p.is_idle() {
-                return Ok(total);
+                let held = self.inner.store.log_held_back(self.position().await?).await?;
+                if !held || waited > std::time::Duration::from_secs(60) {
+                    return Ok(total);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                waited += std::time::Duration::from_millis(2);
+                continue;
             }
             total.add(p);
         }

@@ -101,8 +101,20 @@ const COLS_SQLITE: &str = "id, contact_id, type, occurred_at, source, properties
 const COLS_PG: &str = "id, contact_id, type, occurred_at, source, properties, txid, seq";
 const PG_HORIZON: &str = "txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
 
-/// `AND position > after [AND position <= upto]` for the dialect, appending arguments.
+/// `AND position > after [AND position <= upto]` for the dialect, appending arguments; on
+/// PostgreSQL only rows of transactions older than every running one (the commit-order
+/// horizon).
 fn range(d: Dialect, after: LogPosition, upto: Option<LogPosition>, a: &mut Vec<Val>) -> String {
+    range_with(d, after, upto, a, true)
+}
+
+fn range_with(
+    d: Dialect,
+    after: LogPosition,
+    upto: Option<LogPosition>,
+    a: &mut Vec<Val>,
+    horizon: bool,
+) -> String {
     let mut s = String::new();
     match d {
         Dialect::Sqlite => {
@@ -122,7 +134,9 @@ fn range(d: Dialect, after: LogPosition, upto: Option<LogPosition>, a: &mut Vec<
                 a.push(u.seq.into());
                 s.push_str(&format!(" AND (txid, seq) <= (${}, ${})", a.len() - 1, a.len()));
             }
-            s.push_str(&format!(" AND {PG_HORIZON}"));
+            if horizon {
+                s.push_str(&format!(" AND {PG_HORIZON}"));
+            }
         }
     }
     s
@@ -152,10 +166,32 @@ impl Store {
         types: Option<&[String]>,
         limit: u32,
     ) -> Result<Vec<LogEvent>, StoreError> {
+        self.read_log_with(after, upto, types, limit, true).await
+    }
+
+    /// Like [`Store::read_log`], but everything committed, without the commit-order horizon:
+    /// for one-off scans (previews, what-if) that keep no checkpoint.
+    pub async fn scan_log(
+        &self,
+        after: LogPosition,
+        types: Option<&[String]>,
+        limit: u32,
+    ) -> Result<Vec<LogEvent>, StoreError> {
+        self.read_log_with(after, None, types, limit, false).await
+    }
+
+    async fn read_log_with(
+        &self,
+        after: LogPosition,
+        upto: Option<LogPosition>,
+        types: Option<&[String]>,
+        limit: u32,
+        horizon: bool,
+    ) -> Result<Vec<LogEvent>, StoreError> {
         let d = self.dialect();
         let mut a = Vec::new();
         let mut sql = format!("SELECT {} FROM events WHERE 1=1", cols(d));
-        sql.push_str(&range(d, after, upto, &mut a));
+        sql.push_str(&range_with(d, after, upto, &mut a, horizon));
         if let Some(types) = types {
             if types.is_empty() {
                 return Ok(vec![]);
@@ -175,6 +211,23 @@ impl Store {
             .fetch_all(sqlx::AssertSqlSafe(sql), a)
             .await?;
         Ok(rows.into_iter().map(LogEvent::from).collect())
+    }
+
+    /// Whether events after `after` exist that the reader cannot return yet (PostgreSQL: written
+    /// by transactions newer than one still running). Always false on SQLite.
+    pub async fn log_held_back(&self, after: LogPosition) -> Result<bool, StoreError> {
+        if self.dialect() == Dialect::Sqlite {
+            return Ok(false);
+        }
+        let r: Option<One<i32>> = self
+            .db()
+            .reader()
+            .fetch_optional(
+                "SELECT 1 FROM events WHERE (txid, seq) > ($1, $2) LIMIT 1",
+                args![after.tx, after.seq],
+            )
+            .await?;
+        Ok(r.is_some())
     }
 
     /// The last readable position (everything up to it is committed and visible).
@@ -209,7 +262,13 @@ impl Store {
         let d = self.dialect();
         let mut a = args![contact_id];
         let mut sql = format!("SELECT {} FROM events WHERE contact_id = $1", cols(d));
-        sql.push_str(&range(d, LogPosition { tx: i64::MIN, seq: i64::MIN }, upto, &mut a));
+        sql.push_str(&range_with(
+            d,
+            LogPosition { tx: i64::MIN, seq: i64::MIN },
+            upto,
+            &mut a,
+            upto.is_some(),
+        ));
         sql.push_str(order(d));
         let rows: Vec<LogRow> = self
             .db()
