@@ -27,7 +27,7 @@ use kizuna_store::Store;
 use kizuna_store::definitions::{DefinitionKind, mark_built};
 use kizuna_store::engine_state::{self as es, ScoreRow};
 use kizuna_store::events::NewEvent;
-use kizuna_store::log::LogPosition;
+use kizuna_store::log::{LogCursor, LogPosition};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -80,7 +80,7 @@ pub async fn sync(engine: &Engine, defs: &Arc<Definitions>) -> Result<usize, Eng
         if !new.is_empty() {
             let upto = engine.position().await?;
             let started = std::time::Instant::now();
-            let states = backfill(store, &new, Some(upto)).await?;
+            let states = backfill(store, &new, Some(&upto)).await?;
             write_features(store, &new, states).await?;
             tracing::info!(features = new.len(), elapsed = ?started.elapsed(), "behaviour features backfilled from the log");
         }
@@ -136,12 +136,12 @@ pub async fn sync(engine: &Engine, defs: &Arc<Definitions>) -> Result<usize, Eng
     Ok(work)
 }
 
-/// Computes features from the log up to `upto` (everything committed when `None`):
+/// Computes features from the log up to a cursor (everything committed when `None`):
 /// (contact, feature index) → state.
 pub async fn backfill(
     store: &Store,
     features: &[FeatureDef],
-    upto: Option<LogPosition>,
+    upto: Option<&LogCursor>,
 ) -> Result<HashMap<(Uuid, usize), FeatureState>, EngineError> {
     let mut types: Option<Vec<String>> = Some(Vec::new());
     for f in features {
@@ -161,7 +161,7 @@ pub async fn backfill(
     };
     loop {
         let batch = match upto {
-            Some(u) => store.read_log(pos, Some(u), types.as_deref(), PAGE).await?,
+            Some(u) => store.read_upto(pos, u, types.as_deref(), PAGE).await?,
             None => store.scan_log(pos, types.as_deref(), PAGE).await?,
         };
         let Some(last) = batch.last().map(|e| e.position) else {
@@ -502,7 +502,7 @@ pub async fn build_model(
             seq: i64::MIN,
         };
         loop {
-            let batch = store.read_log(pos, Some(upto), types.as_deref(), PAGE).await?;
+            let batch = store.read_upto(pos, &upto, types.as_deref(), PAGE).await?;
             let Some(last) = batch.last().map(|e| e.position) else {
                 break;
             };

@@ -11,7 +11,7 @@ use kizuna_core::clock::SharedClock;
 use kizuna_core::time::micros;
 use kizuna_store::Store;
 use kizuna_store::engine_state::{self as es, ScoreRow};
-use kizuna_store::log::{LogPosition, advance_checkpoint};
+use kizuna_store::log::{LogCursor, advance_checkpoint};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -50,7 +50,7 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) clock: SharedClock,
     pub(crate) config: EngineConfig,
-    position: Mutex<Option<LogPosition>>,
+    position: Mutex<Option<LogCursor>>,
     lease_until: Mutex<i64>,
     defs: Mutex<Option<Arc<Definitions>>>,
     commits: AtomicU64,
@@ -107,19 +107,20 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn position(&self) -> Result<LogPosition, EngineError> {
+    /// Where the engine stands in the log.
+    pub async fn position(&self) -> Result<LogCursor, EngineError> {
         let mut p = self.inner.position.lock().await;
-        if let Some(p) = *p {
-            return Ok(p);
+        if let Some(p) = p.as_ref() {
+            return Ok(p.clone());
         }
         let cp = self
             .inner
             .store
             .checkpoint(&self.inner.config.checkpoint)
             .await?
-            .map(|c| c.position)
+            .map(|c| c.cursor)
             .unwrap_or_default();
-        *p = Some(cp);
+        *p = Some(cp.clone());
         Ok(cp)
     }
 
@@ -163,22 +164,13 @@ impl Engine {
         })
     }
 
-    /// Turns until there is nothing left to do (tests, benchmarks, catch-up). On PostgreSQL
-    /// this also waits for committed events held back behind a transaction still running (the
-    /// log is read in commit order), for up to a minute.
+    /// Turns until there is nothing left to do (tests, benchmarks, catch-up).
     pub async fn run_until_idle(&self) -> Result<Progress, EngineError> {
         let mut total = Progress::default();
-        let mut waited = std::time::Duration::ZERO;
         loop {
             let p = self.run_once().await?;
             if p.is_idle() {
-                let held = self.inner.store.log_held_back(self.position().await?).await?;
-                if !held || waited > std::time::Duration::from_secs(60) {
-                    return Ok(total);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                waited += std::time::Duration::from_millis(2);
-                continue;
+                return Ok(total);
             }
             total.add(p);
         }
@@ -229,12 +221,16 @@ impl Engine {
     async fn process_events(&self, defs: &Arc<Definitions>, now: i64) -> Result<usize, EngineError> {
         let store = &self.inner.store;
         let pos = self.position().await?;
-        let events = store
-            .read_log(pos, None, None, self.inner.config.batch_size)
-            .await?;
-        let Some(last) = events.last().map(|e| e.position) else {
+        let (events, next) = store.read_log(&pos, self.inner.config.batch_size).await?;
+        if events.is_empty() {
+            if next != pos {
+                // Pending transactions finished without events: remember that.
+                self.commit(defs, HashMap::new(), Effects::default(), Some(next), now)
+                    .await?;
+            }
             return Ok(0);
-        };
+        }
+        let last = next.position;
         let mut ids: Vec<Uuid> = Vec::new();
         let mut rebuild: Vec<Uuid> = Vec::new();
         for e in &events {
@@ -290,7 +286,7 @@ impl Engine {
         }
         for c in rebuild {
             if let Some(cs) = states.get_mut(&c) {
-                let log = store.contact_log(c, Some(last)).await?;
+                let log = store.contact_log(c, Some(&next)).await?;
                 let cause = Cause {
                     key: format!("r{last}"),
                     at: now,
@@ -299,7 +295,7 @@ impl Engine {
                 pipeline::rebuild(defs, cs, &log, &cause, &mut out);
             }
         }
-        self.commit(defs, states, out, Some(last), now).await?;
+        self.commit(defs, states, out, Some(next), now).await?;
         Ok(events.len())
     }
 
@@ -351,7 +347,7 @@ impl Engine {
         defs: &Arc<Definitions>,
         states: HashMap<Uuid, ContactState>,
         mut out: Effects,
-        to: Option<LogPosition>,
+        to: Option<LogCursor>,
         now: i64,
     ) -> Result<(), EngineError> {
         let n = self.inner.commits.fetch_add(1, Ordering::SeqCst) + 1;
@@ -362,7 +358,7 @@ impl Engine {
         let mut prepared = Vec::new();
         for d in std::mem::take(&mut out.handoffs) {
             if let Some(cs) = states.get(&d.contact_id) {
-                prepared.push(sales::prepare(store, defs, cs, d, to, now).await?);
+                prepared.push(sales::prepare(store, defs, cs, d, to.as_ref(), now).await?);
             }
         }
         let mut keys: Vec<String> = out.events.iter().map(|(k, _)| k.clone()).collect();
@@ -460,7 +456,7 @@ impl Engine {
             &mut tx,
             &self.inner.config.checkpoint,
             &self.inner.config.node_id,
-            target,
+            &target,
             now,
         )
         .await?

@@ -12,7 +12,7 @@ use kizuna_core::time::from_micros;
 use kizuna_store::Store;
 use kizuna_store::db::Tx;
 use kizuna_store::events::NewEvent;
-use kizuna_store::log::LogPosition;
+use kizuna_store::log::LogCursor;
 use kizuna_store::sales::{Answer, Handoff, Notification, Task};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -52,7 +52,7 @@ pub async fn prepare(
     defs: &Definitions,
     cs: &ContactState,
     d: HandoffDraft,
-    upto: Option<LogPosition>,
+    upto: Option<&LogCursor>,
     now: i64,
 ) -> Result<Prepared, EngineError> {
     let c = &cs.contact;

@@ -152,10 +152,10 @@ pub enum Db {
 
 /// A write transaction on the live backend. Dropped without [`Tx::commit`], it rolls back.
 pub enum Tx {
-    /// SQLite (`BEGIN IMMEDIATE`, holding the writer turn).
+    /// SQLite (`BEGIN IMMEDIATE`, holding the writer turn; no turn for a read snapshot).
     Sqlite(
         Transaction<'static, Sqlite>,
-        tokio::sync::OwnedMutexGuard<()>,
+        Option<tokio::sync::OwnedMutexGuard<()>>,
     ),
     /// PostgreSQL.
     Pg(Transaction<'static, Postgres>),
@@ -250,9 +250,22 @@ impl Db {
         Ok(match self {
             Db::Sqlite(pool, lock) => {
                 let turn = lock.clone().lock_owned().await;
-                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, turn)
+                Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?, Some(turn))
             }
             Db::Pg(pool) => Tx::Pg(pool.begin().await?),
+        })
+    }
+
+    /// A read-only transaction whose statements all see one snapshot (PostgreSQL: `REPEATABLE
+    /// READ READ ONLY`; SQLite: a deferred transaction, which reads one snapshot in WAL mode and
+    /// takes no writer turn).
+    pub async fn begin_snapshot(&self) -> Result<Tx, StoreError> {
+        Ok(match self {
+            Db::Sqlite(pool, _) => Tx::Sqlite(pool.begin_with("BEGIN DEFERRED").await?, None),
+            Db::Pg(pool) => Tx::Pg(
+                pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?,
+            ),
         })
     }
 

@@ -370,6 +370,62 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
+    /// A page of a segment's members (contact, entered at µs), by contact id.
+    pub async fn segment_members_page(
+        &self,
+        segment: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<(Contact, i64)>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct M {
+            contact_id: Uuid,
+            entered_at: i64,
+        }
+        let mut a = args![segment];
+        let mut sql = String::from("SELECT contact_id, entered_at FROM segment_members WHERE segment_id = $1");
+        if let Some(x) = after {
+            a.push(x.into());
+            sql.push_str(" AND contact_id > $2");
+        }
+        sql.push_str(&format!(" ORDER BY contact_id LIMIT {limit}"));
+        let rows: Vec<M> = self
+            .db()
+            .reader()
+            .fetch_all(sqlx::AssertSqlSafe(sql), a)
+            .await?;
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.contact_id).collect();
+        let mut contacts: std::collections::HashMap<Uuid, Contact> = self
+            .contacts_by_ids(&ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| contacts.remove(&r.contact_id).map(|c| (c, r.entered_at)))
+            .collect())
+    }
+
+    /// A contact's segments: (segment id, name, entered at µs).
+    pub async fn segments_of(&self, contact: Uuid) -> Result<Vec<(Uuid, String, i64)>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct S {
+            id: Uuid,
+            name: String,
+            entered_at: i64,
+        }
+        let rows: Vec<S> = self
+            .db()
+            .reader()
+            .fetch_all(
+                "SELECT s.id, s.name, m.entered_at FROM segment_members m JOIN segments s ON s.id = m.segment_id WHERE m.contact_id = $1 ORDER BY s.name",
+                args![contact],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.id, r.name, r.entered_at)).collect())
+    }
+
     /// Timers of contacts.
     pub async fn timers_of(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
         let rows: Vec<TimerDb> = by_ids(

@@ -469,8 +469,8 @@ async fn merge_keeps_the_union_and_can_be_undone() {
         );
         assert_eq!(
             s.count_events(o.id).await.unwrap(),
-            1,
-            "the merged contact's own event went back"
+            2,
+            "the merged contact's own events (contact.created, list.added) went back"
         );
         let members = s
             .list_contacts(

@@ -4,10 +4,11 @@
 
 -- The log position on PostgreSQL is (txid, seq). A sequence alone is not enough: two
 -- transactions can take seq 10 and 11 and commit 11 first, so a reader that saw 11 and
--- checkpointed it would skip 10. Each row also records its writing transaction's id; the
--- engine reads only rows whose txid is below the oldest transaction still running
--- (pg_snapshot_xmin), so every transaction it reads from has finished and no earlier position
--- can appear later. It orders by (txid, seq).
+-- checkpointed it would skip 10. Each row also records its writing transaction's id. The
+-- reader works on one snapshot: it reads rows after its position in (txid, seq) order, and
+-- remembers the transactions that snapshot saw still running below the position (their rows
+-- can only appear later); it reads those transactions' rows once they have committed. Nothing
+-- is skipped, and a long-running transaction holds up nothing but its own rows.
 ALTER TABLE events ADD COLUMN txid BIGINT;
 ALTER TABLE events ADD COLUMN seq BIGINT;
 CREATE SEQUENCE events_seq_seq OWNED BY events.seq;
@@ -27,6 +28,8 @@ CREATE TABLE engine_checkpoints (
     name         TEXT PRIMARY KEY,
     tx           BIGINT NOT NULL,       -- the writing transaction's id
     seq          BIGINT NOT NULL,
+    pending      TEXT NOT NULL DEFAULT '[]', -- PostgreSQL: ids of transactions still running
+                                             -- below the position when it was read (JSON)
     holder       TEXT,
     lease_until  BIGINT NOT NULL DEFAULT 0,
     updated_at   BIGINT NOT NULL

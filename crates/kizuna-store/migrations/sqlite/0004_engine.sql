@@ -24,6 +24,8 @@ CREATE TABLE engine_checkpoints (
     name         TEXT PRIMARY KEY,
     tx           INTEGER NOT NULL,       -- 0 on SQLite
     seq          INTEGER NOT NULL,
+    pending      TEXT NOT NULL DEFAULT '[]', -- PostgreSQL: ids of transactions still running
+                                             -- below the position when it was read (JSON)
     holder       TEXT,
     lease_until  INTEGER NOT NULL DEFAULT 0,
     updated_at   INTEGER NOT NULL
