@@ -95,6 +95,28 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<kizuna_engine::EngineError> for ApiError {
+    fn from(e: kizuna_engine::EngineError) -> Self {
+        use kizuna_engine::EngineError as E;
+        match e {
+            E::Store(s) => s.into(),
+            E::Invalid(errs) => ApiError::invalid(errs),
+            E::NotFound(what) => ApiError::not_found(what),
+            E::Conflict { field, message } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message).field(field)
+            }
+            other => {
+                tracing::error!(error = %other, "engine error");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "engine_unavailable",
+                    "the engine cannot do this right now; try again",
+                )
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut err = json!({"code": self.code, "message": self.message, "field": self.field});

@@ -7,6 +7,10 @@ pub mod imports;
 pub mod keys;
 pub mod lists;
 pub mod openapi;
+pub mod sales;
+pub mod scoring_models;
+pub mod segments;
+pub mod tasks;
 pub mod users;
 
 use crate::error::ApiError;
@@ -25,6 +29,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(users::router())
         .merge(keys::router())
         .merge(openapi::router())
+        .merge(segments::router())
+        .merge(scoring_models::router())
+        .merge(tasks::router())
+        .merge(sales::router())
         .layer(DefaultBodyLimit::max(state.config.max_json_bytes))
         .merge(imports::router(state))
         .fallback(|| async { ApiError::not_found("API route") })
