@@ -125,8 +125,15 @@ impl Notifier {
         Ok(due.len())
     }
 
-    /// Delivers until `shutdown` resolves, polling every `poll`.
-    pub async fn run(&self, poll: Duration, shutdown: impl Future<Output = ()> + Send) {
+    /// Delivers until `shutdown` resolves, polling every `poll` and at once when `wake` is
+    /// signalled (see [`Engine::notifications_queued`](crate::Engine::notifications_queued)).
+    pub async fn run(
+        &self,
+        poll: Duration,
+        wake: Option<std::sync::Arc<tokio::sync::Notify>>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        let wake = wake.unwrap_or_default();
         tokio::pin!(shutdown);
         loop {
             let pause = match self.deliver_due().await {
@@ -140,6 +147,7 @@ impl Notifier {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tokio::time::sleep(pause) => {}
+                _ = wake.notified() => {}
             }
         }
     }

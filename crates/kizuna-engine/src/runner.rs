@@ -55,6 +55,7 @@ pub(crate) struct Inner {
     defs: Mutex<Option<Arc<Definitions>>>,
     commits: AtomicU64,
     wake: Notify,
+    pub(crate) outbox: Arc<Notify>,
 }
 
 impl Inner {
@@ -68,6 +69,7 @@ impl Inner {
             defs: Mutex::new(None),
             commits: AtomicU64::new(0),
             wake: Notify::new(),
+            outbox: Arc::new(Notify::new()),
         }
     }
 }
@@ -75,6 +77,12 @@ impl Inner {
 impl Engine {
     pub(crate) fn now(&self) -> i64 {
         micros(self.inner.clock.now())
+    }
+
+    /// Signalled when a commit queued owner notifications (pass it to
+    /// [`Notifier::run`](crate::notify::Notifier::run) so they go out at once).
+    pub fn notifications_queued(&self) -> Arc<Notify> {
+        self.inner.outbox.clone()
     }
 
     /// Wakes the loop (e.g. after an API write) instead of waiting for the next poll.
@@ -424,6 +432,7 @@ impl Engine {
         }
         let mut applied: Vec<(String, Uuid)> = Vec::new();
         let mut events = Vec::new();
+        let mut queued = false;
         for p in prepared {
             if done.contains(&p.key)
                 || p.requires_stage.as_ref().is_some_and(|k| dropped.contains(k))
@@ -431,6 +440,7 @@ impl Engine {
                 continue;
             }
             sales::write_prepared(&mut tx, &p).await?;
+            queued |= p.notification.is_some();
             applied.push((p.key.clone(), p.handoff.contact_id));
             events.push(p.event);
         }
@@ -466,6 +476,9 @@ impl Engine {
         }
         tx.commit().await?;
         *self.inner.position.lock().await = Some(target);
+        if queued {
+            self.inner.outbox.notify_one();
+        }
         Ok(())
     }
 }

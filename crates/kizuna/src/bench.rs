@@ -30,6 +30,25 @@ pub enum Subject {
         #[arg(long, env = "KIZUNA_BENCH_DATABASE_URL")]
         database_url: Option<String>,
     },
+    /// The real-time engine on demo data: (a) bulk build of a behavioural segment against the
+    /// equivalent SQL query, (b) steady-state events/s with 100 segments and 5 scoring models
+    /// against reading the log alone, (c) event → MQL handoff webhook latency against a bare
+    /// POST.
+    #[command(alias = "engine")]
+    Segment {
+        /// Contacts generated.
+        #[arg(long, default_value_t = 1_000_000)]
+        contacts: u64,
+        /// Behaviour events generated.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Handoffs timed for the latency figure.
+        #[arg(long, default_value_t = 200)]
+        handoffs: u32,
+        /// Also measure PostgreSQL at this URL (a fresh schema is created and dropped).
+        #[arg(long, env = "KIZUNA_BENCH_DATABASE_URL")]
+        database_url: Option<String>,
+    },
 }
 
 pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
@@ -39,19 +58,27 @@ pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
             shift_jis,
             database_url,
         } => bench_import(rows, shift_jis, database_url).await,
+        Subject::Segment {
+            contacts,
+            events,
+            handoffs,
+            database_url,
+        } => {
+            crate::bench_engine::bench_segment(contacts, events, handoffs, database_url).await
+        }
     }
 }
 
-struct Backend {
-    name: &'static str,
-    config: StoreConfig,
+pub(crate) struct Backend {
+    pub(crate) name: &'static str,
+    pub(crate) config: StoreConfig,
     schema: Option<String>,
 }
 
 /// Makes a fresh database of one backend for a run tagged `tag`.
-type BackendMaker = Box<dyn Fn(&str) -> Backend>;
+pub(crate) type BackendMaker = Box<dyn Fn(&str) -> Backend>;
 
-fn backends(tmp: &std::path::Path, pg: &Option<String>) -> Vec<(&'static str, BackendMaker)> {
+pub(crate) fn backends(tmp: &std::path::Path, pg: &Option<String>) -> Vec<(&'static str, BackendMaker)> {
     let tmp = tmp.to_path_buf();
     let mut out: Vec<(&'static str, BackendMaker)> = vec![(
         "sqlite",
@@ -84,7 +111,7 @@ fn backends(tmp: &std::path::Path, pg: &Option<String>) -> Vec<(&'static str, Ba
     out
 }
 
-async fn drop_schema(store: &Store, b: &Backend) {
+pub(crate) async fn drop_schema(store: &Store, b: &Backend) {
     if let Some(schema) = &b.schema {
         let mut tx = match store.db().begin().await {
             Ok(t) => t,
@@ -106,7 +133,7 @@ fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
-fn peak_rss_mib() -> Option<f64> {
+pub(crate) fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -1,7 +1,7 @@
 //! Command-line interface (names per the public contract).
 
 use crate::config::FileConfig;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use kizuna_core::clock::{Clock, SystemClock};
 use kizuna_store::keys::Scope;
@@ -110,6 +110,15 @@ pub enum Command {
         /// Number of behaviour events to generate.
         #[arg(long, default_value_t = 0)]
         events: u64,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Create or update segments, scoring models and the handoff policy from JSON files (all
+    /// checked first; nothing is written if one is invalid).
+    Apply {
+        /// Definition files: one definition object or an array, each with a "kind".
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -250,18 +259,53 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store,
         } => {
             let s = store.open().await?;
-            if events > 0 {
-                bail!("--events needs the tracking engine, which this version does not have yet");
-            }
             let started = std::time::Instant::now();
-            let n = crate::demo::generate(&s, contacts, 42, SystemClock.now()).await?;
+            let now = SystemClock.now();
+            let n = crate::demo::generate(&s, contacts, 42, now).await?;
             println!(
                 "created {} contacts and {} companies in {:.1?}",
                 n.contacts,
                 n.companies,
                 started.elapsed()
             );
+            if events > 0 {
+                let started = std::time::Instant::now();
+                let written = crate::demo::generate_events(&s, events, 42, now, true).await?;
+                println!(
+                    "appended {written} behaviour events (page views, downloads, webinars, seminars, forms, email) over the last 90 days in {:.1?}",
+                    started.elapsed()
+                );
+            }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Apply { files, store } => {
+            let s = store.open().await?;
+            let mut docs = Vec::new();
+            for f in &files {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read {}", f.display()))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not valid JSON", f.display()))?;
+                docs.extend(kizuna_engine::apply::documents(&f.display().to_string(), v));
+            }
+            match kizuna_engine::apply::apply(&s, &SystemClock, docs).await {
+                Ok(done) => {
+                    for a in done {
+                        let id = a.id.map(|i| format!(" ({i})")).unwrap_or_default();
+                        println!("{} {} {:?}{id}", a.outcome, a.kind, a.name);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errs) => {
+                    for e in errs {
+                        for v in e.errors.0 {
+                            eprintln!("{}: {}: {}", e.source, v.field, v.message);
+                        }
+                    }
+                    eprintln!("nothing was applied");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Bench { subject } => crate::bench::run(subject).await,
     }

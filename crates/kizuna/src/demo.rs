@@ -523,3 +523,132 @@ fn flush(
 }
 
 use std::io::Write as _;
+
+/// Weighted choice.
+fn pick<'a, T>(rng: &mut StdRng, items: &'a [(T, u32)]) -> &'a T {
+    let total: u32 = items.iter().map(|(_, w)| w).sum();
+    let mut x = rng.random_range(0..total);
+    for (it, w) in items {
+        if x < *w {
+            return it;
+        }
+        x -= w;
+    }
+    &items[0].0
+}
+
+const PAGES: &[(&str, u32)] = &[
+    ("/", 14),
+    ("/blog/lead-nurturing", 12),
+    ("/blog/lead-scoring", 9),
+    ("/blog/ma-tool-comparison", 6),
+    ("/products/ma", 11),
+    ("/products/crm", 7),
+    ("/products/analytics", 4),
+    ("/pricing", 11),
+    ("/pricing/enterprise", 3),
+    ("/case-studies/manufacturing", 5),
+    ("/case-studies/it", 3),
+    ("/seminars", 5),
+    ("/contact", 3),
+    ("/careers", 2),
+];
+
+const KINDS: &[(&str, u32)] = &[
+    ("page.viewed", 55),
+    ("email.delivered", 8),
+    ("email.opened", 14),
+    ("email.clicked", 5),
+    ("content.downloaded", 5),
+    ("webinar.attended", 3),
+    ("seminar.attended", 2),
+    ("form.submitted", 5),
+    ("trial.started", 1),
+    ("login", 2),
+];
+
+/// One realistic behaviour event for a contact at `at`.
+fn demo_event(rng: &mut StdRng, contact: uuid::Uuid, at: DateTime<Utc>) -> kizuna_store::events::NewEvent {
+    use serde_json::json;
+    let kind = *pick(rng, KINDS);
+    let (source, props) = match kind {
+        "page.viewed" => {
+            let path = *pick(rng, PAGES);
+            (
+                "sdk",
+                json!({"path": path, "url": format!("https://www.kizuna.example{path}"),
+                       "title": path.trim_start_matches('/').replace('/', " — "),
+                       "referrer": if rng.random_bool(0.3) { "https://www.google.co.jp/" } else { "" }}),
+            )
+        }
+        "email.delivered" | "email.opened" | "email.clicked" => {
+            let n = rng.random_range(1..40);
+            let mut p = json!({"email_id": format!("nl-2026-{n:02}"), "template": "newsletter"});
+            if kind == "email.opened" && rng.random_bool(0.2) {
+                p["machine"] = json!(true);
+            }
+            if kind == "email.clicked" {
+                p["url"] = json!("https://www.kizuna.example/blog/lead-scoring");
+            }
+            ("kizuna", p)
+        }
+        "content.downloaded" => (
+            "sdk",
+            json!({"asset": *pick(rng, &[("whitepaper-ma-guide", 5), ("checklist-scoring", 3), ("case-study-manufacturing", 2)]), "type": "whitepaper"}),
+        ),
+        "webinar.attended" => ("import", json!({"webinar": "MA入門ウェビナー", "minutes": rng.random_range(10..60)})),
+        "seminar.attended" => ("import", json!({"seminar": "リードナーチャリング実践セミナー", "city": "東京"})),
+        "form.submitted" => (
+            "sdk",
+            json!({"form": *pick(rng, &[("document_request", 5), ("inquiry", 3), ("contact", 2)])}),
+        ),
+        _ => ("api", json!({})),
+    };
+    kizuna_store::events::NewEvent::new(contact, kind, at, source, props)
+}
+
+/// Appends `events` realistic behaviour events for the contacts already in the store, spread
+/// over the 90 days before `now` in time order; activity is skewed (a few contacts are very
+/// active, most are not), as on a real site. Written directly through the store's event log.
+pub async fn generate_events(
+    store: &Store,
+    events: u64,
+    seed: u64,
+    now: DateTime<Utc>,
+    progress: bool,
+) -> anyhow::Result<u64> {
+    let mut ids = Vec::new();
+    let mut after = None;
+    loop {
+        let chunk = store.contact_ids_after(after, 50_000).await?;
+        let Some(last) = chunk.last().copied() else {
+            break;
+        };
+        after = Some(last);
+        ids.extend(chunk);
+    }
+    anyhow::ensure!(!ids.is_empty(), "there are no contacts to attach events to");
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let span = chrono::Duration::days(90).num_microseconds().unwrap_or(1);
+    let start = now - chrono::Duration::days(90);
+    let mut written = 0u64;
+    let per_tx = 20_000u64;
+    while written < events {
+        let n = per_tx.min(events - written);
+        let batch: Vec<_> = (0..n)
+            .map(|k| {
+                let i = written + k;
+                let at = start + chrono::Duration::microseconds(span / events as i64 * i as i64);
+                let u: f64 = rng.random();
+                let c = ids[((u.powf(2.5) * ids.len() as f64) as usize).min(ids.len() - 1)];
+                demo_event(&mut rng, c, at)
+            })
+            .collect();
+        store.append_events(batch, now).await?;
+        written += n;
+        if progress && written % 1_000_000 < per_tx {
+            eprintln!("  {written} events…");
+        }
+    }
+    Ok(written)
+}

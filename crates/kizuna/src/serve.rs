@@ -67,12 +67,35 @@ pub async fn run(
         .with_context(|| format!("cannot create {}", config.spool_dir.display()))?;
     let state = AppState {
         store: store.clone(),
-        clock,
+        clock: clock.clone(),
         config: Arc::new(config),
     };
+    // The engine (segments, scores, lifecycle, handoff) and the owner-notification sender run
+    // beside the HTTP server and stop after it.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let engine = kizuna_engine::Engine::new(
+        store.clone(),
+        clock.clone(),
+        kizuna_engine::EngineConfig::default(),
+    );
+    let engine_task = engine.spawn(until_stopped(stopping.clone()));
+    let notifier = kizuna_engine::notify::Notifier::new(store.clone(), clock.clone());
+    let wake = engine.notifications_queued();
+    let stop_notes = until_stopped(stopping.clone());
+    let notifier_task = tokio::spawn(async move {
+        notifier
+            .run(std::time::Duration::from_millis(200), Some(wake), stop_notes)
+            .await
+    });
     tracing::info!(%addr, "kizuna listening on http://{addr}");
     kizuna_web::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped accepting requests; in-flight requests finished");
+    let _ = stop.send(true);
+    let _ = engine_task.await;
+    let _ = notifier_task.await;
     store.close().await;
     tracing::info!("database closed; bye");
     Ok(ExitCode::SUCCESS)
