@@ -195,7 +195,8 @@ pub fn compile_policy(
     let mut errs = ValidationErrors::default();
     let mut p = HandoffPolicy::default();
     for (i, r) in d.rules.iter().enumerate() {
-        let when = crate::filter::compile_attributes(&r.when, resolver, &format!("rules[{i}].when"));
+        let when =
+            crate::filter::compile_attributes(&r.when, resolver, &format!("rules[{i}].when"));
         let owner = user(r.owner.trim());
         if owner.is_none() {
             errs.push(ValidationError::new(

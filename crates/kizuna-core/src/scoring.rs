@@ -98,7 +98,9 @@ impl FromStr for ScorePart {
             "total" => Ok(ScorePart::Total),
             "behaviour" | "behavior" => Ok(ScorePart::Behaviour),
             "fit" => Ok(ScorePart::Fit),
-            _ => Err(format!("{s:?} is not a score part (total, behaviour or fit)")),
+            _ => Err(format!(
+                "{s:?} is not a score part (total, behaviour or fit)"
+            )),
         }
     }
 }
@@ -461,10 +463,8 @@ pub fn compile(
         }
     }
     thresholds.sort_by(|a, b| a.1.total_cmp(&b.1));
-    if let (Some(w), Some(h)) = (
-        d.thresholds.get("warm"),
-        d.thresholds.get("hot"),
-    ) && w > h
+    if let (Some(w), Some(h)) = (d.thresholds.get("warm"), d.thresholds.get("hot"))
+        && w > h
     {
         errs.push(ValidationError::new(
             at("thresholds.warm"),
@@ -479,7 +479,11 @@ pub fn compile(
                 None => Grade::D,
                 Some(Ok(g)) => g,
                 Some(Err(e)) => {
-                    errs.push(ValidationError::new(at("mql.min_grade"), "invalid_grade", e));
+                    errs.push(ValidationError::new(
+                        at("mql.min_grade"),
+                        "invalid_grade",
+                        e,
+                    ));
                     Grade::D
                 }
             };
@@ -825,7 +829,12 @@ impl ScoringModel {
     /// The temperature the thresholds give (`None` when the model has neither warm nor hot).
     pub fn temperature(&self, r: &ScoreReading) -> Option<crate::contact::Temperature> {
         use crate::contact::Temperature;
-        let get = |n: &str| self.thresholds.iter().find(|(k, _)| k == n).map(|(_, v)| *v);
+        let get = |n: &str| {
+            self.thresholds
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| *v)
+        };
         let (warm, hot) = (get("warm"), get("hot"));
         if warm.is_none() && hot.is_none() {
             return None;
@@ -1291,7 +1300,11 @@ mod tests {
         ];
         let (st, mql) = play(&m, &c, &co, &events);
         assert_eq!((st.fit, st.grade), (20.0, Grade::A));
-        assert_eq!(st.behaviour, 8.0 + 10.0 + 3.0 + 1.0 + 8.0, "machine open scores nothing");
+        assert_eq!(
+            st.behaviour,
+            8.0 + 10.0 + 3.0 + 1.0 + 8.0,
+            "machine open scores nothing"
+        );
         assert_eq!(mql, None);
         events.push(("form.submitted", json!({"form": "inquiry"}), 6));
         let (st, mql) = play(&m, &c, &co, &events);
@@ -1314,8 +1327,16 @@ mod tests {
         let opens: Vec<_> = (0..8).map(|i| ("email.opened", json!({}), i / 4)).collect();
         let (st, _) = play(&m, &c, &co, &opens);
         assert_eq!(st.behaviour, 5.0);
-        let (st, _) = play(&m, &c, &co, &[opens.clone(), vec![("email.opened", json!({}), 7)]].concat());
-        assert_eq!(st.behaviour, 6.0, "a new period starts 7 days after the first award");
+        let (st, _) = play(
+            &m,
+            &c,
+            &co,
+            &[opens.clone(), vec![("email.opened", json!({}), 7)]].concat(),
+        );
+        assert_eq!(
+            st.behaviour, 6.0,
+            "a new period starts 7 days after the first award"
+        );
         let v: Value = json!({"name": "capped", "behaviour": [
             {"id": "visit", "event": "page.viewed", "points": 4, "cap": 10}]});
         let capped = compile(&v, Uuid::nil(), &R, "").unwrap();
@@ -1335,7 +1356,10 @@ mod tests {
         m.refit(&mut st, &c, Some(&co));
         m.score_event(&mut st, "form.submitted", &json!({"form": "contact"}), 0);
         let up = m.crossings(&mut st, 0);
-        let names: Vec<_> = up.iter().map(|x| (x.threshold.as_str(), x.direction)).collect();
+        let names: Vec<_> = up
+            .iter()
+            .map(|x| (x.threshold.as_str(), x.direction))
+            .collect();
         assert_eq!(names, vec![("warm", "up"), ("hot", "up"), ("mql", "up")]);
         // Total 53; falls under 50 when 30 behaviour points decay below 27:
         // 90 d × log2(30/27) ≈ 13.68 days.
@@ -1343,7 +1367,10 @@ mod tests {
         assert!((t - (13.68 * DAY as f64) as i64).abs() < DAY / 20, "{t}");
         assert!(m.crossings(&mut st, t - DAY).is_empty());
         let down = m.crossings(&mut st, t);
-        let names: Vec<_> = down.iter().map(|x| (x.threshold.as_str(), x.direction)).collect();
+        let names: Vec<_> = down
+            .iter()
+            .map(|x| (x.threshold.as_str(), x.direction))
+            .collect();
         assert_eq!(names, vec![("hot", "down"), ("mql", "down")]);
         assert!(st.mql_armed, "falling below the MQL score re-arms it");
         // After 90 days the 30 points are worth 15.
@@ -1358,14 +1385,22 @@ mod tests {
         let mut st = ScoreState::default();
         m.refit(&mut st, &c, Some(&co));
         for d in 0..3 {
-            m.score_event(&mut st, "form.submitted", &json!({"form": "inquiry"}), d * DAY);
+            m.score_event(
+                &mut st,
+                "form.submitted",
+                &json!({"form": "inquiry"}),
+                d * DAY,
+            );
         }
         assert_eq!(m.reading(&st, 31 * DAY).behaviour, 30.0);
         assert_eq!(m.reading(&st, 32 * DAY).behaviour, 25.0);
         assert_eq!(m.reading(&st, 92 * DAY).behaviour, 15.0);
         let r = m.reading(&st, 10 * DAY);
         // behaviour ≥ 22 stops holding after two deductions: day 2 + 2 × 30.
-        assert_eq!(r.drop_time(ScorePart::Behaviour, 22.0, false), Some(62 * DAY));
+        assert_eq!(
+            r.drop_time(ScorePart::Behaviour, 22.0, false),
+            Some(62 * DAY)
+        );
         // Activity resumes: the deductions so far stay, the idle clock restarts.
         m.score_event(&mut st, "seminar.attended", &json!({}), 70 * DAY);
         assert_eq!(m.reading(&st, 70 * DAY).behaviour, 20.0 + 8.0);
@@ -1378,7 +1413,11 @@ mod tests {
         let m = model(SEED_001);
         let (c, co) = person("部長", "製造業", 120);
         let ids: Vec<Uuid> = (0..3).map(|i| Uuid::from_u128(100 + i)).collect();
-        let props = [json!({"path": "/products/a"}), json!({"path": "/products/b"}), json!({"path": "/products/c"})];
+        let props = [
+            json!({"path": "/products/a"}),
+            json!({"path": "/products/b"}),
+            json!({"path": "/products/c"}),
+        ];
         let evs: Vec<ScoredEvent> = (0..3)
             .map(|i| ScoredEvent {
                 id: ids[i],
@@ -1390,12 +1429,21 @@ mod tests {
         let (e, st) = m.explain(evs, &c, Some(&co), 0);
         assert_eq!(e.rules.len(), 1);
         let r = &e.rules[0];
-        assert_eq!((r.rule.as_str(), r.points, r.events), ("product_page", 10.0, 3));
+        assert_eq!(
+            (r.rule.as_str(), r.points, r.events),
+            ("product_page", 10.0, 3)
+        );
         assert_eq!(r.awards[2].event_id, ids[2]);
-        assert!(r.awards[2].capped && r.awards[2].points == 0.0, "the daily limit of 10");
+        assert!(
+            r.awards[2].capped && r.awards[2].points == 0.0,
+            "the daily limit of 10"
+        );
         assert_eq!((e.fit, e.score, e.grade), (23.0, 33.0, Grade::A));
         assert_eq!(e.fit_rules.iter().filter(|f| f.matched).count(), 3);
-        assert!((st.behaviour - 10.0).abs() < 1e-3, "two seconds of a 90-day half-life");
+        assert!(
+            (st.behaviour - 10.0).abs() < 1e-3,
+            "two seconds of a 90-day half-life"
+        );
     }
 
     #[test]
@@ -1415,7 +1463,13 @@ mod tests {
         let fields: Vec<&str> = e.0.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            vec!["behaviour[1].id", "behaviour[1].event", "fit[0].when.attribute", "decay", "mql.min_grade"]
+            vec![
+                "behaviour[1].id",
+                "behaviour[1].event",
+                "fit[0].when.attribute",
+                "decay",
+                "mql.min_grade"
+            ]
         );
         let e = compile(&json!({"name": "m", "colour": 1}), Uuid::nil(), &R, "").unwrap_err();
         assert_eq!(e.0[0].field, "colour");

@@ -51,10 +51,12 @@ impl FromStr for Span {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
-        let bad = || format!("{s:?} is not a duration: write a whole number and a unit, e.g. 14d, 12h, 30m, 2w or 90s");
-        let unit_at = t
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(bad)?;
+        let bad = || {
+            format!(
+                "{s:?} is not a duration: write a whole number and a unit, e.g. 14d, 12h, 30m, 2w or 90s"
+            )
+        };
+        let unit_at = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let (num, unit) = t.split_at(unit_at);
         let n: i64 = num.parse().map_err(|_| bad())?;
         let mult = match unit {

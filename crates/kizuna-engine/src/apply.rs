@@ -134,10 +134,15 @@ async fn apply_inner(store: &Store, clock: &dyn Clock, docs: Vec<(String, Value)
                         .keys()
                         .find(|k| !["kind", "name", "description", "filter"].contains(&k.as_str()))
                 {
-                    errs.push(ValidationError::new(k.clone(), "unknown_key", format!("unknown key {k:?}")));
+                    errs.push(ValidationError::new(
+                        k.clone(),
+                        "unknown_key",
+                        format!("unknown key {k:?}"),
+                    ));
                 }
                 let filter = d.get("filter").cloned().unwrap_or(Value::Null);
-                match check_segment_with(store, &names, name, &filter, existing.or(Some(*id))).await {
+                match check_segment_with(store, &names, name, &filter, existing.or(Some(*id))).await
+                {
                     Ok(_) => {}
                     Err(EngineError::Invalid(e)) => errs.0.extend(e.0),
                     Err(e) => return Err(Err(e)),
@@ -171,12 +176,16 @@ async fn apply_inner(store: &Store, clock: &dyn Clock, docs: Vec<(String, Value)
             "segment" => (
                 DefinitionKind::Segment,
                 d.get("filter").cloned().unwrap_or(Value::Null),
-                d.get("description").and_then(Value::as_str).map(str::to_string),
+                d.get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             ),
             "scoring_model" => (
                 DefinitionKind::ScoringModel,
                 strip_kind(&d),
-                d.get("description").and_then(Value::as_str).map(str::to_string),
+                d.get("description")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
             ),
             _ => {
                 kizuna_store::engine_state::set_setting(

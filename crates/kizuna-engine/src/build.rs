@@ -212,7 +212,11 @@ async fn write_features(
                 drop(tx);
                 let ids: Vec<Uuid> = chunk.iter().map(|r| r.0).collect();
                 let live = store.existing_contacts(&ids).await?;
-                let keep: Vec<_> = chunk.iter().filter(|r| live.contains(&r.0)).cloned().collect();
+                let keep: Vec<_> = chunk
+                    .iter()
+                    .filter(|r| live.contains(&r.0))
+                    .cloned()
+                    .collect();
                 let mut tx = store.db().begin().await?;
                 es::upsert_features(&mut tx, &keep).await?;
                 tx.commit().await?;
@@ -248,7 +252,9 @@ pub fn candidates<'a>(
                 sets.sort_by_key(|s| s.len());
                 let mut it = sets.into_iter();
                 it.next().map(|first| {
-                    it.fold(first, |acc, s| acc.into_iter().filter(|c| s.contains(c)).collect())
+                    it.fold(first, |acc, s| {
+                        acc.into_iter().filter(|c| s.contains(c)).collect()
+                    })
                 })
             }
             Node::Any(xs) => {
@@ -287,7 +293,13 @@ pub fn candidates<'a>(
             Node::List(l) => Some(store.list_member_ids(*l).await?.into_iter().collect()),
             Node::Grade { model, allowed } if !allowed.contains(&Grade::D) => {
                 let g: Vec<&str> = allowed.iter().map(|g| g.as_str()).collect();
-                Some(store.contacts_with_grades(*model, &g).await?.into_iter().collect())
+                Some(
+                    store
+                        .contacts_with_grades(*model, &g)
+                        .await?
+                        .into_iter()
+                        .collect(),
+                )
             }
             Node::Score {
                 model,
@@ -314,7 +326,13 @@ pub fn candidates<'a>(
                     .filter(|co| op.test(&attr.value(&dummy, Some(co)), 0).value)
                     .map(|co| co.id)
                     .collect();
-                Some(store.contacts_of_companies(&ids).await?.into_iter().collect())
+                Some(
+                    store
+                        .contacts_of_companies(&ids)
+                        .await?
+                        .into_iter()
+                        .collect(),
+                )
             }
             Node::Attribute {
                 attr: Attribute::Contact("lifecycle_stage"),
@@ -401,7 +419,11 @@ pub async fn build_segment(
     let store = engine.store();
     let now = engine.now();
     let started = std::time::Instant::now();
-    let old: Set = store.segment_member_ids(seg.id).await?.into_iter().collect();
+    let old: Set = store
+        .segment_member_ids(seg.id)
+        .await?
+        .into_iter()
+        .collect();
     let cells = tokio::sync::OnceCell::new();
     let cands = candidates(store, &seg.filter.root, &Holders::default(), &cells).await?;
     let n_cands = cands.as_ref().map(|c| c.len());
@@ -432,7 +454,10 @@ pub async fn build_segment(
     let mut tx = store.db().begin().await?;
     es::insert_members(
         &mut tx,
-        &entered.iter().map(|c| (seg.id, *c, now)).collect::<Vec<_>>(),
+        &entered
+            .iter()
+            .map(|c| (seg.id, *c, now))
+            .collect::<Vec<_>>(),
     )
     .await?;
     es::delete_members(
@@ -468,7 +493,15 @@ pub async fn build_segment(
     keys.retain(|k| !done.contains(&k.0));
     kizuna_store::events::append(&mut tx, events, from_micros(now)).await?;
     es::record_effects(&mut tx, &keys, now).await?;
-    mark_built(&mut tx, DefinitionKind::Segment, seg.id, seg.version, None, now).await?;
+    mark_built(
+        &mut tx,
+        DefinitionKind::Segment,
+        seg.id,
+        seg.version,
+        None,
+        now,
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(segment = %seg.name, candidates = ?n_cands, members = new.len(), entered = entered.len(),
         exited = exited.len(), elapsed = ?started.elapsed(), "segment built");
@@ -603,7 +636,12 @@ pub async fn build_model(
             es::set_temperature(&mut tx, *c, *t, now).await?;
         }
         let done = store
-            .effects_done(&keys.iter().map(|k: &(String, Uuid)| k.0.clone()).collect::<Vec<_>>())
+            .effects_done(
+                &keys
+                    .iter()
+                    .map(|k: &(String, Uuid)| k.0.clone())
+                    .collect::<Vec<_>>(),
+            )
             .await?;
         events.retain(|e| !done.contains(e.message_id.as_deref().unwrap_or("")));
         keys.retain(|k| !done.contains(&k.0));
@@ -612,7 +650,15 @@ pub async fn build_model(
         tx.commit().await?;
     }
     let mut tx = store.db().begin().await?;
-    mark_built(&mut tx, DefinitionKind::ScoringModel, m.id, md.version, None, now).await?;
+    mark_built(
+        &mut tx,
+        DefinitionKind::ScoringModel,
+        m.id,
+        md.version,
+        None,
+        now,
+    )
+    .await?;
     tx.commit().await?;
     tracing::info!(model = %m.name, elapsed = ?started.elapsed(), "scoring model built");
     Ok(())
@@ -669,7 +715,9 @@ pub async fn preview(
         }
         for fd in &missing {
             let m = extra.entry(fd.key.clone()).or_default();
-            holders.0.insert(fd.key.clone(), m.keys().copied().collect());
+            holders
+                .0
+                .insert(fd.key.clone(), m.keys().copied().collect());
         }
     }
     let cells = tokio::sync::OnceCell::new();

@@ -82,7 +82,10 @@ impl Definitions {
 
     /// A model by id.
     pub fn model(&self, id: Uuid) -> Option<&ScoringModel> {
-        self.models.iter().find(|m| m.model.id == id).map(|m| &m.model)
+        self.models
+            .iter()
+            .find(|m| m.model.id == id)
+            .map(|m| &m.model)
     }
 
     /// A segment by id.
@@ -339,7 +342,9 @@ pub async fn load(store: &Store) -> Result<Definitions, EngineError> {
         let v: Value = serde_json::from_str(&p).unwrap_or(Value::Null);
         match compile_policy_json(&v, &names, &users) {
             Ok(p) => d.policy = p,
-            Err(e) => tracing::error!(error = %e, "the stored handoff policy no longer compiles; using the default"),
+            Err(e) => {
+                tracing::error!(error = %e, "the stored handoff policy no longer compiles; using the default")
+            }
         }
     }
     d.sales_pool = if d.policy.pool.is_empty() {
@@ -414,7 +419,11 @@ pub async fn check_segment_with(
 }
 
 /// Checks a scoring model definition.
-pub async fn check_model(store: &Store, def: &Value, id: Uuid) -> Result<ScoringModel, EngineError> {
+pub async fn check_model(
+    store: &Store,
+    def: &Value,
+    id: Uuid,
+) -> Result<ScoringModel, EngineError> {
     let names = Names::load(store).await?;
     scoring::compile(def, id, &names, "").map_err(EngineError::Invalid)
 }
@@ -440,8 +449,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(order, vec![c, b, a]);
-        let cyc = topo(&[(a, [b].into_iter().collect()), (b, [a].into_iter().collect()), (c, BTreeSet::new())])
-            .unwrap_err();
+        let cyc = topo(&[
+            (a, [b].into_iter().collect()),
+            (b, [a].into_iter().collect()),
+            (c, BTreeSet::new()),
+        ])
+        .unwrap_err();
         assert_eq!(cyc.len(), 2);
     }
 }

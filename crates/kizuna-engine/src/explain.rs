@@ -191,8 +191,15 @@ pub async fn what_if(
         None => None,
         Some(r) => {
             let d = match r.parse::<Uuid>() {
-                Ok(id) => store.definition(DefinitionKind::ScoringModel, id).await.ok(),
-                Err(_) => store.definition_by_name(DefinitionKind::ScoringModel, r).await?,
+                Ok(id) => store
+                    .definition(DefinitionKind::ScoringModel, id)
+                    .await
+                    .ok(),
+                Err(_) => {
+                    store
+                        .definition_by_name(DefinitionKind::ScoringModel, r)
+                        .await?
+                }
             }
             .ok_or(EngineError::NotFound("scoring model"))?;
             Some(scoring::compile(&d.definition, d.id, &names, "").map_err(EngineError::Invalid)?)
@@ -211,7 +218,10 @@ pub async fn what_if(
     }
     let mut per_contact: HashMap<Uuid, Vec<LogEvent>> = HashMap::new();
     if types.as_ref().is_none_or(|t| !t.is_empty()) {
-        let mut pos = LogPosition { tx: i64::MIN, seq: i64::MIN };
+        let mut pos = LogPosition {
+            tx: i64::MIN,
+            seq: i64::MIN,
+        };
         loop {
             let batch = store.scan_log(pos, types.as_deref(), 20_000).await?;
             let Some(last) = batch.last().map(|e| e.position) else {
@@ -292,13 +302,19 @@ pub async fn what_if(
             if meets {
                 report.mql.now += 1;
                 if report.sample.len() < 10 {
-                    report.sample.push(serde_json::json!({"contact_id": c.id, "email": c.email,
+                    report
+                        .sample
+                        .push(serde_json::json!({"contact_id": c.id, "email": c.email,
                         "score": scoring::round2(total), "grade": reading.grade}));
                 }
             }
             if let Some(at) = r.first_qualified {
                 report.mql.ever += 1;
-                *report.mql.first_reached_by_week.entry(week(at)).or_default() += 1;
+                *report
+                    .mql
+                    .first_reached_by_week
+                    .entry(week(at))
+                    .or_default() += 1;
             }
             if let (Some(cur), Some(cmp)) = (&current, report.compared.as_mut()) {
                 let rc = cur.replay(scored(log), c, co, now);

@@ -109,10 +109,9 @@ impl Notifier {
             let attempt = n.attempts as usize;
             let result = match outcome {
                 Ok(()) => Ok(()),
-                Err((e, true)) if attempt < BACKOFF_SECONDS.len() => Err((
-                    e,
-                    Some(micros(now) + BACKOFF_SECONDS[attempt] * 1_000_000),
-                )),
+                Err((e, true)) if attempt < BACKOFF_SECONDS.len() => {
+                    Err((e, Some(micros(now) + BACKOFF_SECONDS[attempt] * 1_000_000)))
+                }
                 Err((e, _)) => {
                     tracing::warn!(notification = %n.id, error = %e, "owner notification failed for good");
                     Err((e, None))

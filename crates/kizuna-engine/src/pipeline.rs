@@ -151,7 +151,11 @@ pub fn record(defs: &Definitions, cs: &mut ContactState, e: &LogEvent, ch: &mut 
             };
             match p.get("subscription_type").and_then(Value::as_str) {
                 Some(st) if !st.trim().is_empty() => {
-                    cs.set_consent(&format!("{channel}:{}", st.trim().to_lowercase()), granted, e.occurred_at);
+                    cs.set_consent(
+                        &format!("{channel}:{}", st.trim().to_lowercase()),
+                        granted,
+                        e.occurred_at,
+                    );
                     if granted {
                         cs.set_consent(&channel, true, e.occurred_at);
                     }
@@ -280,7 +284,11 @@ pub fn rebuild(
         .features
         .keys()
         .cloned()
-        .chain(cs.consent.keys().map(|k| format!("{}{k}", crate::state::CONSENT_PREFIX)))
+        .chain(
+            cs.consent
+                .keys()
+                .map(|k| format!("{}{k}", crate::state::CONSENT_PREFIX)),
+        )
         .collect();
     cs.features.clear();
     cs.consent.clear();
@@ -291,7 +299,8 @@ pub fn rebuild(
     if was_sales {
         cs.dirty_features.insert(crate::state::SALES_KEY.into());
     }
-    cs.dirty_scores.extend(defs.models.iter().map(|m| m.model.id));
+    cs.dirty_scores
+        .extend(defs.models.iter().map(|m| m.model.id));
     let mut ch = Changed::default();
     for e in log.iter().filter(|e| e.source != ENGINE_SOURCE) {
         record(defs, cs, e, &mut ch);
@@ -525,7 +534,8 @@ fn handoff(
         model: m.map(|m| m.id),
         owner,
         assigned_by: by,
-        score: r.map(|r| kizuna_core::scoring::round2(r.value(kizuna_core::scoring::ScorePart::Total))),
+        score: r
+            .map(|r| kizuna_core::scoring::round2(r.value(kizuna_core::scoring::ScorePart::Total))),
         grade: r.map(|r| r.grade.to_string()),
         at: cause.at,
         requires_stage,

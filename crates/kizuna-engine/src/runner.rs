@@ -92,7 +92,12 @@ impl Engine {
 
     async fn ensure_lease(&self, now: i64) -> Result<(), EngineError> {
         let mut until = self.inner.lease_until.lock().await;
-        let lease = self.inner.config.lease.num_microseconds().unwrap_or(30_000_000);
+        let lease = self
+            .inner
+            .config
+            .lease
+            .num_microseconds()
+            .unwrap_or(30_000_000);
         if *until - now > lease / 2 {
             return Ok(());
         }
@@ -100,7 +105,12 @@ impl Engine {
         if self
             .inner
             .store
-            .acquire_lease(&self.inner.config.checkpoint, &self.inner.config.node_id, now, now + lease)
+            .acquire_lease(
+                &self.inner.config.checkpoint,
+                &self.inner.config.node_id,
+                now,
+                now + lease,
+            )
             .await?
         {
             *until = now + lease;
@@ -226,7 +236,11 @@ impl Engine {
         tokio::spawn(async move { e.run(shutdown).await })
     }
 
-    async fn process_events(&self, defs: &Arc<Definitions>, now: i64) -> Result<usize, EngineError> {
+    async fn process_events(
+        &self,
+        defs: &Arc<Definitions>,
+        now: i64,
+    ) -> Result<usize, EngineError> {
         let store = &self.inner.store;
         let pos = self.position().await?;
         let (events, next) = store.read_log(&pos, self.inner.config.batch_size).await?;
@@ -307,7 +321,11 @@ impl Engine {
         Ok(events.len())
     }
 
-    async fn process_timers(&self, defs: &Arc<Definitions>, now: i64) -> Result<usize, EngineError> {
+    async fn process_timers(
+        &self,
+        defs: &Arc<Definitions>,
+        now: i64,
+    ) -> Result<usize, EngineError> {
         let store = &self.inner.store;
         let due = store.due_timers(now, self.inner.config.timer_batch).await?;
         if due.is_empty() {
@@ -435,7 +453,9 @@ impl Engine {
         let mut queued = false;
         for p in prepared {
             if done.contains(&p.key)
-                || p.requires_stage.as_ref().is_some_and(|k| dropped.contains(k))
+                || p.requires_stage
+                    .as_ref()
+                    .is_some_and(|k| dropped.contains(k))
             {
                 continue;
             }

@@ -67,7 +67,12 @@ pub struct ContactState {
 
 impl ContactState {
     /// A fresh state for a contact (nothing recorded yet).
-    pub fn new(contact: Contact, company: Option<Company>, defs: &std::sync::Arc<Definitions>, now: i64) -> Self {
+    pub fn new(
+        contact: Contact,
+        company: Option<Company>,
+        defs: &std::sync::Arc<Definitions>,
+        now: i64,
+    ) -> Self {
         ContactState {
             contact,
             company,

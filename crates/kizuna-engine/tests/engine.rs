@@ -88,8 +88,15 @@ async fn envs() -> Vec<Env> {
 
 impl Env {
     async fn company(&self, name: &str, industry: &str, employees: i64) -> Uuid {
-        let input = serde_json::from_value(json!({"name": name, "industry": industry, "employee_count": employees})).unwrap();
-        self.store.create_company(input, self.clock.now()).await.unwrap().id
+        let input = serde_json::from_value(
+            json!({"name": name, "industry": industry, "employee_count": employees}),
+        )
+        .unwrap();
+        self.store
+            .create_company(input, self.clock.now())
+            .await
+            .unwrap()
+            .id
     }
 
     async fn contact(&self, email: &str, title: &str, company: Option<Uuid>) -> Uuid {
@@ -98,7 +105,11 @@ impl Env {
             "source": {"channel": "organic_search", "referrer": "https://www.google.co.jp/"}
         }))
         .unwrap();
-        self.store.create_contact(input, self.clock.now(), "api").await.unwrap().id
+        self.store
+            .create_contact(input, self.clock.now(), "api")
+            .await
+            .unwrap()
+            .id
     }
 
     async fn rep(&self, email: &str, territory: Option<&str>) -> Uuid {
@@ -151,7 +162,14 @@ impl Env {
     async fn events_of(&self, c: Uuid, kind: &str) -> Vec<kizuna_store::events::Event> {
         let mut v = self
             .store
-            .timeline(c, &TimelineFilter { types: vec![kind.into()] }, None, 1000)
+            .timeline(
+                c,
+                &TimelineFilter {
+                    types: vec![kind.into()],
+                },
+                None,
+                1000,
+            )
             .await
             .unwrap()
             .data;
@@ -201,61 +219,156 @@ async fn seed_001_scoring_produces_the_documented_mqls() {
         let mfg = env.company("株式会社山田製作所", "製造業", 120).await;
         let shop = env.company("鈴木商店", "小売業", 20).await;
         let retail = env.company("高橋リテール", "小売業", 300).await;
-        let sato = env.contact("sato@yamada.example", "製造部長", Some(mfg)).await;
-        let suzuki = env.contact("suzuki@suzuki.example", "担当", Some(shop)).await;
-        let takahashi = env.contact("takahashi@retail.example", "課長", Some(retail)).await;
+        let sato = env
+            .contact("sato@yamada.example", "製造部長", Some(mfg))
+            .await;
+        let suzuki = env
+            .contact("suzuki@suzuki.example", "担当", Some(shop))
+            .await;
+        let takahashi = env
+            .contact("takahashi@retail.example", "課長", Some(retail))
+            .await;
         env.run().await;
         for p in ["/products/ma", "/products/crm"] {
             env.event(sato, "page.viewed", json!({"path": p})).await;
         }
-        env.event(sato, "content.downloaded", json!({"asset": "whitepaper"})).await;
+        env.event(sato, "content.downloaded", json!({"asset": "whitepaper"}))
+            .await;
         env.run().await;
         assert_eq!(env.stage(sato).await, LifecycleStage::Lead, "{n}: 43 < 50");
         assert_eq!(env.temperature(sato).await, Temperature::Warm, "{n}");
-        env.event(sato, "webinar.attended", json!({"webinar": "MA入門"})).await;
+        env.event(sato, "webinar.attended", json!({"webinar": "MA入門"}))
+            .await;
         for (c, kinds) in [
-            (suzuki, vec![("form.submitted", json!({"form": "contact"})), ("webinar.attended", json!({})), ("content.downloaded", json!({}))]),
-            (takahashi, vec![("form.submitted", json!({"form": "contact"})), ("webinar.attended", json!({}))]),
+            (
+                suzuki,
+                vec![
+                    ("form.submitted", json!({"form": "contact"})),
+                    ("webinar.attended", json!({})),
+                    ("content.downloaded", json!({})),
+                ],
+            ),
+            (
+                takahashi,
+                vec![
+                    ("form.submitted", json!({"form": "contact"})),
+                    ("webinar.attended", json!({})),
+                ],
+            ),
         ] {
             for (k, p) in kinds {
                 env.event(c, k, p).await;
             }
         }
         env.run().await;
-        assert_eq!(env.stage(sato).await, LifecycleStage::Mql, "{n}: 58 ≥ 50, grade A");
+        assert_eq!(
+            env.stage(sato).await,
+            LifecycleStage::Mql,
+            "{n}: 58 ≥ 50, grade A"
+        );
         assert_eq!(env.temperature(sato).await, Temperature::Hot, "{n}");
-        assert_eq!(env.stage(suzuki).await, LifecycleStage::Lead, "{n}: 55 points but grade D — fit first");
-        assert_eq!(env.stage(takahashi).await, LifecycleStage::Mql, "{n}: 50 with grade C");
+        assert_eq!(
+            env.stage(suzuki).await,
+            LifecycleStage::Lead,
+            "{n}: 55 points but grade D — fit first"
+        );
+        assert_eq!(
+            env.stage(takahashi).await,
+            LifecycleStage::Mql,
+            "{n}: 50 with grade C"
+        );
         // Handoffs: round-robin in order, a follow-up task each, owner set.
         let hs = env.store.handoffs_of(sato).await.unwrap();
         assert_eq!(hs.len(), 1, "{n}");
-        assert_eq!((hs[0].owner_id, hs[0].assigned_by.as_str(), hs[0].status.as_str()), (Some(r1), "round_robin", "pending"), "{n}");
-        assert_eq!(env.store.handoffs_of(takahashi).await.unwrap()[0].owner_id, Some(r2), "{n}");
-        assert!(env.store.handoffs_of(suzuki).await.unwrap().is_empty(), "{n}");
-        assert_eq!(env.store.contact(sato).await.unwrap().owner_id, Some(r1), "{n}");
+        assert_eq!(
+            (
+                hs[0].owner_id,
+                hs[0].assigned_by.as_str(),
+                hs[0].status.as_str()
+            ),
+            (Some(r1), "round_robin", "pending"),
+            "{n}"
+        );
+        assert_eq!(
+            env.store.handoffs_of(takahashi).await.unwrap()[0].owner_id,
+            Some(r2),
+            "{n}"
+        );
+        assert!(
+            env.store.handoffs_of(suzuki).await.unwrap().is_empty(),
+            "{n}"
+        );
+        assert_eq!(
+            env.store.contact(sato).await.unwrap().owner_id,
+            Some(r1),
+            "{n}"
+        );
         let task = env.store.task(hs[0].task_id.unwrap()).await.unwrap();
-        assert_eq!((task.owner_id, task.status.as_str(), task.kind.as_str()), (Some(r1), "open", "follow_up"), "{n}");
-        assert_eq!(task.due_at, Some(env.clock.now() + Duration::days(1)), "{n}");
+        assert_eq!(
+            (task.owner_id, task.status.as_str(), task.kind.as_str()),
+            (Some(r1), "open", "follow_up"),
+            "{n}"
+        );
+        assert_eq!(
+            task.due_at,
+            Some(env.clock.now() + Duration::days(1)),
+            "{n}"
+        );
         // Stage history with cause; the explanation lists rules, events, points.
         let hist = explain::stages(&env.store, &env.clock, sato).await.unwrap();
         let got: Vec<_> = hist.iter().map(|p| (p.stage, p.cause.as_str())).collect();
-        assert_eq!(got, vec![(LifecycleStage::Lead, "created"), (LifecycleStage::Mql, "scoring:seed-001")], "{n}");
-        let ex = explain::explain_contact(&env.store, &env.clock, sato, Some("seed-001")).await.unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (LifecycleStage::Lead, "created"),
+                (LifecycleStage::Mql, "scoring:seed-001")
+            ],
+            "{n}"
+        );
+        let ex = explain::explain_contact(&env.store, &env.clock, sato, Some("seed-001"))
+            .await
+            .unwrap();
         let e = &ex[0];
-        assert_eq!((e.score, e.fit, e.behaviour, e.grade.as_str()), (58.0, 23.0, 35.0, "A"), "{n}");
-        let rules: Vec<(&str, f64, usize)> = e.rules.iter().map(|r| (r.rule.as_str(), r.points, r.events)).collect();
-        assert_eq!(rules, vec![("product_page", 10.0, 2), ("download", 10.0, 1), ("webinar", 15.0, 1)], "{n}");
+        assert_eq!(
+            (e.score, e.fit, e.behaviour, e.grade.as_str()),
+            (58.0, 23.0, 35.0, "A"),
+            "{n}"
+        );
+        let rules: Vec<(&str, f64, usize)> = e
+            .rules
+            .iter()
+            .map(|r| (r.rule.as_str(), r.points, r.events))
+            .collect();
+        assert_eq!(
+            rules,
+            vec![
+                ("product_page", 10.0, 2),
+                ("download", 10.0, 1),
+                ("webinar", 15.0, 1)
+            ],
+            "{n}"
+        );
         assert_eq!(e.rules[2].awards[0].event_type, "webinar.attended");
         // The stored score agrees with the explanation.
         let stored = env.store.scores_of(&[sato]).await.unwrap();
-        assert_eq!((stored[0].score, stored[0].grade.as_str()), (58.0, "A"), "{n}");
+        assert_eq!(
+            (stored[0].score, stored[0].grade.as_str()),
+            (58.0, "A"),
+            "{n}"
+        );
         // Events tell the story.
         assert_eq!(env.events_of(sato, "handoff.created").await.len(), 1, "{n}");
         let crossed: Vec<String> = env
             .events_of(sato, "score.threshold_crossed")
             .await
             .iter()
-            .map(|e| format!("{}:{}", e.properties["threshold"].as_str().unwrap(), e.properties["direction"].as_str().unwrap()))
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e.properties["threshold"].as_str().unwrap(),
+                    e.properties["direction"].as_str().unwrap()
+                )
+            })
             .collect();
         assert_eq!(crossed, vec!["warm:up", "hot:up", "mql:up"], "{n}");
     }
@@ -269,7 +382,9 @@ async fn seed_003_threshold_60_is_judged_after_fit() {
         env.apply(vec![model(SEED_003)]).await;
         let big = env.company("大和化学", "製造業", 1500).await;
         let small = env.company("小さな会社", "製造業", 50).await;
-        let yamada = env.contact("yamada@daiwa.example", "営業部長", Some(big)).await;
+        let yamada = env
+            .contact("yamada@daiwa.example", "営業部長", Some(big))
+            .await;
         let ito = env.contact("ito@small.example", "担当", Some(small)).await;
         env.run().await;
         for (k, p) in [
@@ -283,14 +398,24 @@ async fn seed_003_threshold_60_is_judged_after_fit() {
             env.event(yamada, k, p).await;
         }
         for _ in 0..6 {
-            env.event(ito, "form.submitted", json!({"form": "inquiry"})).await;
+            env.event(ito, "form.submitted", json!({"form": "inquiry"}))
+                .await;
         }
         env.run().await;
-        assert_eq!(env.stage(yamada).await, LifecycleStage::Lead, "{n}: 20 fit + 30 = 50 < 60");
-        env.event(yamada, "form.submitted", json!({"form": "inquiry"})).await;
+        assert_eq!(
+            env.stage(yamada).await,
+            LifecycleStage::Lead,
+            "{n}: 20 fit + 30 = 50 < 60"
+        );
+        env.event(yamada, "form.submitted", json!({"form": "inquiry"}))
+            .await;
         env.run().await;
         assert_eq!(env.stage(yamada).await, LifecycleStage::Mql, "{n}: 60");
-        assert_eq!(env.stage(ito).await, LifecycleStage::Lead, "{n}: 60 behaviour, grade D");
+        assert_eq!(
+            env.stage(ito).await,
+            LifecycleStage::Lead,
+            "{n}: 60 behaviour, grade D"
+        );
         let s = env.store.scores_of(&[ito]).await.unwrap();
         assert_eq!((s[0].behaviour, s[0].grade.as_str()), (60.0, "D"), "{n}");
     }
@@ -300,37 +425,51 @@ async fn seed_003_threshold_60_is_judged_after_fit() {
 async fn windows_slide_out_through_timers() {
     for env in envs().await {
         let n = env.name;
-        env.apply(vec![pricing_segment("Pricing ×3 in 14 days")]).await;
+        env.apply(vec![pricing_segment("Pricing ×3 in 14 days")])
+            .await;
         let c = env.contact("window@example.jp", "担当", None).await;
         let other = env.contact("other@example.jp", "担当", None).await;
         env.run().await;
-        env.event(c, "page.viewed", json!({"path": "/pricing"})).await;
-        env.event(c, "page.viewed", json!({"path": "/pricing/enterprise"})).await;
-        env.event(other, "page.viewed", json!({"path": "/blog"})).await;
+        env.event(c, "page.viewed", json!({"path": "/pricing"}))
+            .await;
+        env.event(c, "page.viewed", json!({"path": "/pricing/enterprise"}))
+            .await;
+        env.event(other, "page.viewed", json!({"path": "/blog"}))
+            .await;
         env.run().await;
         assert!(env.members("Pricing ×3 in 14 days").await.is_empty(), "{n}");
         env.advance(Duration::days(1));
-        env.event(c, "page.viewed", json!({"path": "/pricing"})).await;
+        env.event(c, "page.viewed", json!({"path": "/pricing"}))
+            .await;
         env.run().await;
         assert_eq!(env.members("Pricing ×3 in 14 days").await, vec![c], "{n}");
         let entered = env.events_of(c, "segment.entered").await;
         assert_eq!(entered.len(), 1, "{n}");
         assert_eq!(entered[0].occurred_at, env.clock.now(), "{n}");
         // The first two visits (day 0) leave the window at day 14: still there a second before.
-        env.clock.set(t0() + Duration::days(14) - Duration::seconds(1));
+        env.clock
+            .set(t0() + Duration::days(14) - Duration::seconds(1));
         let p = env.run().await;
         assert_eq!(p.timers, 0, "{n}: nothing due yet");
         assert_eq!(env.members("Pricing ×3 in 14 days").await, vec![c], "{n}");
-        env.clock.set(t0() + Duration::days(14) + Duration::seconds(1));
+        env.clock
+            .set(t0() + Duration::days(14) + Duration::seconds(1));
         let p = env.run().await;
         assert_eq!(p.timers, 1, "{n}: the contact's timer fired");
         assert!(env.members("Pricing ×3 in 14 days").await.is_empty(), "{n}");
         let exited = env.events_of(c, "segment.exited").await;
         assert_eq!(exited.len(), 1, "{n}");
         assert_eq!(exited[0].properties["cause"], "time", "{n}");
-        assert_eq!(exited[0].occurred_at, t0() + Duration::days(14) + Duration::microseconds(1), "{n}: dated at the instant the window let go");
+        assert_eq!(
+            exited[0].occurred_at,
+            t0() + Duration::days(14) + Duration::microseconds(1),
+            "{n}: dated at the instant the window let go"
+        );
         // No timer left for a contact with nothing pending.
-        assert!(env.store.timers_of(&[c, other]).await.unwrap().is_empty(), "{n}");
+        assert!(
+            env.store.timers_of(&[c, other]).await.unwrap().is_empty(),
+            "{n}"
+        );
     }
 }
 
@@ -347,9 +486,14 @@ async fn decay_moves_scores_across_thresholds_both_ways() {
         let mfg = env.company("山田製作所", "製造業", 120).await;
         let c = env.contact("decay@yamada.example", "部長", Some(mfg)).await;
         env.run().await;
-        env.event(c, "form.submitted", json!({"form": "contact"})).await;
+        env.event(c, "form.submitted", json!({"form": "contact"}))
+            .await;
         env.run().await;
-        assert_eq!((env.stage(c).await, env.temperature(c).await), (LifecycleStage::Mql, Temperature::Hot), "{n}");
+        assert_eq!(
+            (env.stage(c).await, env.temperature(c).await),
+            (LifecycleStage::Mql, Temperature::Hot),
+            "{n}"
+        );
         assert_eq!(env.members("Hot").await, vec![c], "{n}");
         // 23 fit + 30 behaviour; 90-day half-life: under 50 after ≈ 13.7 days.
         env.advance(Duration::days(13));
@@ -358,18 +502,38 @@ async fn decay_moves_scores_across_thresholds_both_ways() {
         env.advance(Duration::days(1));
         let p = env.run().await;
         assert!(p.timers >= 1, "{n}");
-        assert_eq!(env.temperature(c).await, Temperature::Warm, "{n}: decayed under hot");
+        assert_eq!(
+            env.temperature(c).await,
+            Temperature::Warm,
+            "{n}: decayed under hot"
+        );
         assert!(env.members("Hot").await.is_empty(), "{n}: exited by time");
-        assert_eq!(env.stage(c).await, LifecycleStage::Mql, "{n}: a stage is not taken back by decay");
+        assert_eq!(
+            env.stage(c).await,
+            LifecycleStage::Mql,
+            "{n}: a stage is not taken back by decay"
+        );
         let dirs: Vec<String> = env
             .events_of(c, "score.threshold_crossed")
             .await
             .iter()
-            .map(|e| format!("{}:{}", e.properties["threshold"].as_str().unwrap(), e.properties["direction"].as_str().unwrap()))
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e.properties["threshold"].as_str().unwrap(),
+                    e.properties["direction"].as_str().unwrap()
+                )
+            })
             .collect();
-        assert_eq!(dirs, vec!["warm:up", "hot:up", "mql:up", "hot:down", "mql:down"], "{n}");
+        assert_eq!(
+            dirs,
+            vec!["warm:up", "hot:up", "mql:up", "hot:down", "mql:down"],
+            "{n}"
+        );
         // The explanation shows the decay.
-        let e = &explain::explain_contact(&env.store, &env.clock, c, None).await.unwrap()[0];
+        let e = &explain::explain_contact(&env.store, &env.clock, c, None)
+            .await
+            .unwrap()[0];
         assert_eq!(e.behaviour_awarded, 30.0, "{n}");
         assert!(e.behaviour < 27.0 && e.decayed > 3.0, "{n}: {e:?}");
         // Warm ends at 25 total (2 behaviour points): about 310 days after the award.
@@ -401,10 +565,21 @@ async fn round_robin_is_fair_and_rules_route_by_territory() {
         .await;
         let mut contacts = Vec::new();
         for i in 0..6 {
-            contacts.push(env.contact(&format!("rr{i}@example.jp"), "担当", None).await);
+            contacts.push(
+                env.contact(&format!("rr{i}@example.jp"), "担当", None)
+                    .await,
+            );
         }
-        let kansai: ContactInput = serde_json::from_value(json!({"email": "kansai@example.jp", "address": {"region": "大阪府"}})).unwrap();
-        let k = env.store.create_contact(kansai, env.clock.now(), "api").await.unwrap().id;
+        let kansai: ContactInput = serde_json::from_value(
+            json!({"email": "kansai@example.jp", "address": {"region": "大阪府"}}),
+        )
+        .unwrap();
+        let k = env
+            .store
+            .create_contact(kansai, env.clock.now(), "api")
+            .await
+            .unwrap()
+            .id;
         env.run().await;
         for c in contacts.iter().chain([&k]) {
             env.event(*c, "demo.requested", json!({})).await;
@@ -418,7 +593,11 @@ async fn round_robin_is_fair_and_rules_route_by_territory() {
         }
         assert_eq!(owners, [reps, reps].concat(), "{n}: a, b, c, a, b, c");
         let hk = &env.store.handoffs_of(k).await.unwrap()[0];
-        assert_eq!((hk.owner_id, hk.assigned_by.as_str()), (Some(osaka), "rule"), "{n}");
+        assert_eq!(
+            (hk.owner_id, hk.assigned_by.as_str()),
+            (Some(osaka), "rule"),
+            "{n}"
+        );
         let t = env.store.task(hk.task_id.unwrap()).await.unwrap();
         assert_eq!(t.title, "Call kansai@example.jp within a day", "{n}");
     }
@@ -429,9 +608,11 @@ async fn accept_makes_an_sql_and_reject_recycles_until_a_new_crossing() {
     for env in envs().await {
         let n = env.name;
         env.rep("rep@kizuna.example", None).await;
-        env.apply(vec![json!({"kind": "scoring_model", "name": "demo", "lifecycle": true,
+        env.apply(vec![
+            json!({"kind": "scoring_model", "name": "demo", "lifecycle": true,
             "behaviour": [{"id": "demo", "event": "demo.requested", "points": 100}],
-            "decay": {"half_life": "1d"}, "mql": {"score": 50}})])
+            "decay": {"half_life": "1d"}, "mql": {"score": 50}}),
+        ])
         .await;
         let yes = env.contact("yes@example.jp", "部長", None).await;
         let no = env.contact("no@example.jp", "担当", None).await;
@@ -446,26 +627,74 @@ async fn accept_makes_an_sql_and_reject_recycles_until_a_new_crossing() {
             need: "replace spreadsheets".into(),
             timeline: "within 6 months".into(),
         };
-        let bad = kizuna_core::lifecycle::Bant { need: "".into(), ..bant.clone() };
+        let bad = kizuna_core::lifecycle::Bant {
+            need: "".into(),
+            ..bant.clone()
+        };
         match sales::accept(&env.store, &env.clock, yes, &bad, None).await {
             Err(EngineError::Invalid(e)) => assert_eq!(e.0[0].field, "bant.need", "{n}"),
             other => panic!("{n}: {other:?}"),
         }
-        let h = sales::accept(&env.store, &env.clock, yes, &bant, Some("good call")).await.unwrap();
-        assert_eq!((h.status.as_str(), h.bant.as_ref().unwrap()["budget"].as_str()), ("accepted", Some("¥5,000,000 approved")), "{n}");
+        let h = sales::accept(&env.store, &env.clock, yes, &bant, Some("good call"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                h.status.as_str(),
+                h.bant.as_ref().unwrap()["budget"].as_str()
+            ),
+            ("accepted", Some("¥5,000,000 approved")),
+            "{n}"
+        );
         assert_eq!(env.stage(yes).await, LifecycleStage::Sql, "{n}");
-        assert!(env.store.open_handoff(yes).await.unwrap().is_some(), "{n}: active sales cycle");
-        assert!(matches!(sales::accept(&env.store, &env.clock, yes, &bant, None).await, Err(EngineError::Store(kizuna_store::StoreError::Conflict { .. }))), "{n}: nothing pending any more");
+        assert!(
+            env.store.open_handoff(yes).await.unwrap().is_some(),
+            "{n}: active sales cycle"
+        );
+        assert!(
+            matches!(
+                sales::accept(&env.store, &env.clock, yes, &bant, None).await,
+                Err(EngineError::Store(
+                    kizuna_store::StoreError::Conflict { .. }
+                ))
+            ),
+            "{n}: nothing pending any more"
+        );
         // Reject: back to lead with the reason, task canceled, not handed off again at once.
-        assert!(sales::reject(&env.store, &env.clock, no, "meh", None).await.is_err(), "{n}");
-        let h = sales::reject(&env.store, &env.clock, no, "bad_timing", Some("next fiscal year")).await.unwrap();
-        assert_eq!((h.status.as_str(), h.reason.as_deref()), ("rejected", Some("bad_timing")), "{n}");
+        assert!(
+            sales::reject(&env.store, &env.clock, no, "meh", None)
+                .await
+                .is_err(),
+            "{n}"
+        );
+        let h = sales::reject(
+            &env.store,
+            &env.clock,
+            no,
+            "bad_timing",
+            Some("next fiscal year"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (h.status.as_str(), h.reason.as_deref()),
+            ("rejected", Some("bad_timing")),
+            "{n}"
+        );
         assert_eq!(env.stage(no).await, LifecycleStage::Lead, "{n}");
-        assert_eq!(env.store.task(h.task_id.unwrap()).await.unwrap().status, "canceled", "{n}");
+        assert_eq!(
+            env.store.task(h.task_id.unwrap()).await.unwrap().status,
+            "canceled",
+            "{n}"
+        );
         env.run().await;
         env.event(no, "demo.requested", json!({})).await;
         env.run().await;
-        assert_eq!(env.stage(no).await, LifecycleStage::Lead, "{n}: still above the line since the rejection");
+        assert_eq!(
+            env.stage(no).await,
+            LifecycleStage::Lead,
+            "{n}: still above the line since the rejection"
+        );
         assert_eq!(env.store.handoffs_of(no).await.unwrap().len(), 1, "{n}");
         // Three days later the score has fallen under 50 (re-armed); a new crossing hands off again.
         env.advance(Duration::days(3));
@@ -474,9 +703,22 @@ async fn accept_makes_an_sql_and_reject_recycles_until_a_new_crossing() {
         env.run().await;
         assert_eq!(env.stage(no).await, LifecycleStage::Mql, "{n}");
         assert_eq!(env.store.handoffs_of(no).await.unwrap().len(), 2, "{n}");
-        assert_eq!(env.store.rejection_reasons().await.unwrap(), vec![("bad_timing".to_string(), 1)], "{n}");
-        let causes: Vec<String> = explain::stages(&env.store, &env.clock, no).await.unwrap().iter().map(|p| p.cause.clone()).collect();
-        assert_eq!(causes, vec!["created", "scoring:demo", "sales.rejected", "scoring:demo"], "{n}");
+        assert_eq!(
+            env.store.rejection_reasons().await.unwrap(),
+            vec![("bad_timing".to_string(), 1)],
+            "{n}"
+        );
+        let causes: Vec<String> = explain::stages(&env.store, &env.clock, no)
+            .await
+            .unwrap()
+            .iter()
+            .map(|p| p.cause.clone())
+            .collect();
+        assert_eq!(
+            causes,
+            vec!["created", "scoring:demo", "sales.rejected", "scoring:demo"],
+            "{n}"
+        );
     }
 }
 
@@ -489,9 +731,12 @@ async fn bulk_build_preview_and_edit() {
         let mut hot = Vec::new();
         for i in 0..5 {
             let co = if i % 2 == 0 { mfg } else { shop };
-            let c = env.contact(&format!("b{i}@example.jp"), "担当", Some(co)).await;
+            let c = env
+                .contact(&format!("b{i}@example.jp"), "担当", Some(co))
+                .await;
             for _ in 0..(i + 1) {
-                env.event(c, "page.viewed", json!({"path": "/pricing"})).await;
+                env.event(c, "page.viewed", json!({"path": "/pricing"}))
+                    .await;
             }
             hot.push(c);
         }
@@ -503,29 +748,69 @@ async fn bulk_build_preview_and_edit() {
         assert_eq!(p.count, 2, "{n}");
         let mut want = vec![hot[2], hot[4]];
         want.sort();
-        assert_eq!(p.sample.iter().map(|c| c.id).collect::<Vec<_>>(), want, "{n}");
-        assert!(p.evaluated <= 3, "{n}: only candidates (feature holders at 製造業) were evaluated, got {}", p.evaluated);
-        assert!(env.store.definitions(DefinitionKind::Segment).await.unwrap().is_empty(), "{n}");
+        assert_eq!(
+            p.sample.iter().map(|c| c.id).collect::<Vec<_>>(),
+            want,
+            "{n}"
+        );
+        assert!(
+            p.evaluated <= 3,
+            "{n}: only candidates (feature holders at 製造業) were evaluated, got {}",
+            p.evaluated
+        );
+        assert!(
+            env.store
+                .definitions(DefinitionKind::Segment)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{n}"
+        );
         // Save it: built in bulk from history.
         env.run().await;
-        env.apply(vec![json!({"kind": "segment", "name": "Pricing, manufacturing", "filter": seg})]).await;
+        env.apply(vec![
+            json!({"kind": "segment", "name": "Pricing, manufacturing", "filter": seg}),
+        ])
+        .await;
         let progress = env.run().await;
         assert!(progress.builds >= 1, "{n}");
         assert_eq!(env.members("Pricing, manufacturing").await, want, "{n}");
-        let d = env.store.definition_by_name(DefinitionKind::Segment, "Pricing, manufacturing").await.unwrap().unwrap();
+        let d = env
+            .store
+            .definition_by_name(DefinitionKind::Segment, "Pricing, manufacturing")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((d.status.as_str(), d.built_version), ("active", 1), "{n}");
-        assert_eq!(env.events_of(hot[4], "segment.entered").await[0].properties["cause"], "build", "{n}");
+        assert_eq!(
+            env.events_of(hot[4], "segment.entered").await[0].properties["cause"],
+            "build",
+            "{n}"
+        );
         // Edit: ≥ 5 views → b2 exits.
         let seg5 = json!({"all": [
             {"event": "page.viewed", "where": [{"property": "path", "op": "starts_with", "value": "/pricing"}], "count": {"gte": 5}, "within": "14d"},
             {"attribute": "company.industry", "op": "in", "value": ["製造業"]}]});
-        env.apply(vec![json!({"kind": "segment", "name": "Pricing, manufacturing", "filter": seg5})]).await;
+        env.apply(vec![
+            json!({"kind": "segment", "name": "Pricing, manufacturing", "filter": seg5}),
+        ])
+        .await;
         env.run().await;
-        assert_eq!(env.members("Pricing, manufacturing").await, vec![hot[4]], "{n}");
-        assert_eq!(env.events_of(hot[2], "segment.exited").await.len(), 1, "{n}");
+        assert_eq!(
+            env.members("Pricing, manufacturing").await,
+            vec![hot[4]],
+            "{n}"
+        );
+        assert_eq!(
+            env.events_of(hot[2], "segment.exited").await.len(),
+            1,
+            "{n}"
+        );
         // Incremental from here: two more views make b2 a member again.
-        env.event(hot[2], "page.viewed", json!({"path": "/pricing"})).await;
-        env.event(hot[2], "page.viewed", json!({"path": "/pricing"})).await;
+        env.event(hot[2], "page.viewed", json!({"path": "/pricing"}))
+            .await;
+        env.event(hot[2], "page.viewed", json!({"path": "/pricing"}))
+            .await;
         env.run().await;
         assert_eq!(env.members("Pricing, manufacturing").await, want, "{n}");
     }
@@ -535,7 +820,11 @@ async fn bulk_build_preview_and_edit() {
 async fn lists_segments_of_segments_and_consent() {
     for env in envs().await {
         let n = env.name;
-        let list = env.store.create_list("Trade show 2026-10", None, env.clock.now()).await.unwrap();
+        let list = env
+            .store
+            .create_list("Trade show 2026-10", None, env.clock.now())
+            .await
+            .unwrap();
         env.apply(vec![
             json!({"kind": "segment", "name": "Visitors", "filter": {"list": "Trade show 2026-10"}}),
             json!({"kind": "segment", "name": "Mailable visitors", "filter": {"all": [{"segment": "Visitors"}, {"consent": "email"}]}}),
@@ -544,31 +833,62 @@ async fn lists_segments_of_segments_and_consent() {
         .await;
         let c = env.contact("visitor@example.jp", "担当", None).await;
         env.run().await;
-        env.store.add_to_list(list.id, &[c], env.clock.now()).await.unwrap();
+        env.store
+            .add_to_list(list.id, &[c], env.clock.now())
+            .await
+            .unwrap();
         env.run().await;
         assert_eq!(env.members("Visitors").await, vec![c], "{n}");
-        assert!(env.members("Mailable visitors").await.is_empty(), "{n}: no consent yet");
-        env.event(c, "consent.granted", json!({"channel": "email", "subscription_type": "newsletter"})).await;
+        assert!(
+            env.members("Mailable visitors").await.is_empty(),
+            "{n}: no consent yet"
+        );
+        env.event(
+            c,
+            "consent.granted",
+            json!({"channel": "email", "subscription_type": "newsletter"}),
+        )
+        .await;
         env.event(c, "email.opened", json!({"machine": true})).await;
         env.run().await;
         assert_eq!(env.members("Mailable visitors").await, vec![c], "{n}");
-        assert!(env.members("Opened lately").await.is_empty(), "{n}: a machine open is not engagement");
+        assert!(
+            env.members("Opened lately").await.is_empty(),
+            "{n}: a machine open is not engagement"
+        );
         env.event(c, "email.opened", json!({})).await;
         env.run().await;
         assert_eq!(env.members("Opened lately").await, vec![c], "{n}");
         env.event(c, "email.unsubscribed", json!({})).await;
         env.run().await;
-        assert!(env.members("Mailable visitors").await.is_empty(), "{n}: unsubscribed");
-        env.event(c, "consent.granted", json!({"channel": "email"})).await;
+        assert!(
+            env.members("Mailable visitors").await.is_empty(),
+            "{n}: unsubscribed"
+        );
+        env.event(c, "consent.granted", json!({"channel": "email"}))
+            .await;
         env.run().await;
         assert_eq!(env.members("Mailable visitors").await, vec![c], "{n}");
-        assert!(env.store.remove_from_list(list.id, c, env.clock.now()).await.unwrap());
+        assert!(
+            env.store
+                .remove_from_list(list.id, c, env.clock.now())
+                .await
+                .unwrap()
+        );
         env.run().await;
         assert!(env.members("Visitors").await.is_empty(), "{n}");
-        assert!(env.members("Mailable visitors").await.is_empty(), "{n}: follows the segment it reads");
+        assert!(
+            env.members("Mailable visitors").await.is_empty(),
+            "{n}: follows the segment it reads"
+        );
         // A segment cannot read itself through others.
-        let docs = vec![("x".to_string(), json!({"kind": "segment", "name": "Visitors", "filter": {"segment": "Mailable visitors"}}))];
-        let errs = apply::apply(&env.store, &env.clock, docs).await.unwrap_err();
+        let docs = vec![(
+            "x".to_string(),
+            json!({"kind": "segment", "name": "Visitors", "filter": {"segment": "Mailable visitors"}}),
+        )];
+        let errs = apply::apply(&env.store, &env.clock, docs)
+            .await
+            .unwrap_err();
         assert_eq!(errs[0].errors.0[0].code, "segment_cycle", "{n}");
     }
 }
@@ -578,12 +898,26 @@ async fn invalid_definitions_are_rejected_with_the_path_of_the_bad_node() {
     for env in envs().await {
         let n = env.name;
         let docs = vec![
-            ("a.json".to_string(), json!({"kind": "segment", "name": "x", "filter": {"all": [{"attribute": "job_title", "op": "eq", "value": "部長"}, {"any": [{"event": "page.viewed", "count": {"gte": "three"}}]}]}})),
-            ("b.json".to_string(), json!({"kind": "scoring_model", "name": "m", "behaviour": [{"id": "r", "event": "x", "points": 1, "limit": {"points": 0, "per": "1d"}}]})),
-            ("c.json".to_string(), json!({"kind": "handoff_policy", "rules": [{"when": {"attribute": "company.industry", "op": "eq", "value": "x"}, "owner": "nobody@example.jp"}]})),
+            (
+                "a.json".to_string(),
+                json!({"kind": "segment", "name": "x", "filter": {"all": [{"attribute": "job_title", "op": "eq", "value": "部長"}, {"any": [{"event": "page.viewed", "count": {"gte": "three"}}]}]}}),
+            ),
+            (
+                "b.json".to_string(),
+                json!({"kind": "scoring_model", "name": "m", "behaviour": [{"id": "r", "event": "x", "points": 1, "limit": {"points": 0, "per": "1d"}}]}),
+            ),
+            (
+                "c.json".to_string(),
+                json!({"kind": "handoff_policy", "rules": [{"when": {"attribute": "company.industry", "op": "eq", "value": "x"}, "owner": "nobody@example.jp"}]}),
+            ),
         ];
-        let errs = apply::apply(&env.store, &env.clock, docs).await.unwrap_err();
-        let got: Vec<(String, String)> = errs.iter().map(|e| (e.source.clone(), e.errors.0[0].field.clone())).collect();
+        let errs = apply::apply(&env.store, &env.clock, docs)
+            .await
+            .unwrap_err();
+        let got: Vec<(String, String)> = errs
+            .iter()
+            .map(|e| (e.source.clone(), e.errors.0[0].field.clone()))
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -593,7 +927,14 @@ async fn invalid_definitions_are_rejected_with_the_path_of_the_bad_node() {
             ],
             "{n}"
         );
-        assert!(env.store.definitions(DefinitionKind::Segment).await.unwrap().is_empty(), "{n}: nothing written");
+        assert!(
+            env.store
+                .definitions(DefinitionKind::Segment)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{n}: nothing written"
+        );
     }
 }
 
@@ -605,14 +946,24 @@ async fn merges_rebuild_the_survivor_from_its_whole_history() {
         let a = env.contact("merge-a@example.jp", "担当", None).await;
         let b = env.contact("merge-b@example.jp", "担当", None).await;
         env.run().await;
-        env.event(a, "page.viewed", json!({"path": "/pricing"})).await;
-        env.event(b, "page.viewed", json!({"path": "/pricing"})).await;
-        env.event(b, "page.viewed", json!({"path": "/pricing"})).await;
+        env.event(a, "page.viewed", json!({"path": "/pricing"}))
+            .await;
+        env.event(b, "page.viewed", json!({"path": "/pricing"}))
+            .await;
+        env.event(b, "page.viewed", json!({"path": "/pricing"}))
+            .await;
         env.run().await;
         assert!(env.members("Pricing").await.is_empty(), "{n}");
-        env.store.merge_contacts(a, b, env.clock.now(), "api").await.unwrap();
+        env.store
+            .merge_contacts(a, b, env.clock.now(), "api")
+            .await
+            .unwrap();
         env.run().await;
-        assert_eq!(env.members("Pricing").await, vec![a], "{n}: 1 + 2 visits, one person");
+        assert_eq!(
+            env.members("Pricing").await,
+            vec![a],
+            "{n}: 1 + 2 visits, one person"
+        );
     }
 }
 
@@ -625,7 +976,11 @@ async fn drive(env: &Env, engine: &mut Engine, crashes: &mut u32, config: &Engin
             Ok(_) => {}
             Err(EngineError::InjectedCrash) => {
                 *crashes += 1;
-                *engine = Engine::new(env.store.clone(), Arc::new(env.clock.clone()), config.clone());
+                *engine = Engine::new(
+                    env.store.clone(),
+                    Arc::new(env.clock.clone()),
+                    config.clone(),
+                );
             }
             Err(e) => panic!("{}: {e}", env.name),
         }
@@ -647,15 +1002,20 @@ async fn scenario(env: &Env, engine: &mut Engine, crashes: &mut u32, restart: &E
     let mut cs = Vec::new();
     for i in 0..8 {
         let title = if i % 2 == 0 { "部長" } else { "担当" };
-        cs.push(env.contact(&format!("s{i}@yamada.example"), title, Some(mfg)).await);
+        cs.push(
+            env.contact(&format!("s{i}@yamada.example"), title, Some(mfg))
+                .await,
+        );
     }
     for round in 0..3 {
         for (i, c) in cs.iter().enumerate() {
             if (i + round) % 3 != 0 {
-                env.event(*c, "page.viewed", json!({"path": "/pricing"})).await;
+                env.event(*c, "page.viewed", json!({"path": "/pricing"}))
+                    .await;
             }
             if i % 2 == 0 && round == 1 {
-                env.event(*c, "form.submitted", json!({"form": "contact"})).await;
+                env.event(*c, "form.submitted", json!({"form": "contact"}))
+                    .await;
             }
             env.event(*c, "webinar.attended", json!({})).await;
         }
@@ -671,11 +1031,21 @@ async fn scenario(env: &Env, engine: &mut Engine, crashes: &mut u32, restart: &E
 async fn snapshot(env: &Env) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let ids = env.store.contact_ids_after(None, 1000).await.unwrap();
-    let segs = env.store.definitions(DefinitionKind::Segment).await.unwrap();
+    let segs = env
+        .store
+        .definitions(DefinitionKind::Segment)
+        .await
+        .unwrap();
     for c in env.store.contacts_by_ids(&ids).await.unwrap() {
         let mut members: Vec<String> = Vec::new();
         for s in &segs {
-            if env.store.segment_member_ids(s.id).await.unwrap().contains(&c.id) {
+            if env
+                .store
+                .segment_member_ids(s.id)
+                .await
+                .unwrap()
+                .contains(&c.id)
+            {
                 members.push(s.name.clone());
             }
         }
@@ -688,7 +1058,14 @@ async fn snapshot(env: &Env) -> BTreeMap<String, Value> {
             .map(|s| json!([(s.score * 1000.0).round(), s.grade]))
             .collect();
         let mut counts = BTreeMap::new();
-        for k in ["segment.entered", "segment.exited", "handoff.created", "stage.changed", "temperature.changed", "score.threshold_crossed"] {
+        for k in [
+            "segment.entered",
+            "segment.exited",
+            "handoff.created",
+            "stage.changed",
+            "temperature.changed",
+            "score.threshold_crossed",
+        ] {
             counts.insert(k, env.events_of(c.id, k).await.len());
         }
         out.insert(
@@ -716,9 +1093,14 @@ async fn crash_and_replay_give_the_same_state_without_duplicate_effects() {
         assert_eq!(crashes, 0);
         snapshot(&env).await
     };
-    assert!(reference.values().any(|v| v["stage"] == "mql"), "the scenario makes MQLs");
     assert!(
-        reference.values().any(|v| v["events"]["segment.exited"].as_u64() > Some(0)),
+        reference.values().any(|v| v["stage"] == "mql"),
+        "the scenario makes MQLs"
+    );
+    assert!(
+        reference
+            .values()
+            .any(|v| v["events"]["segment.exited"].as_u64() > Some(0)),
         "and exits: {reference:#?}"
     );
     for crash_at in [1, 2, 3, 5, 8, 13, 21] {
@@ -733,7 +1115,11 @@ async fn crash_and_replay_give_the_same_state_without_duplicate_effects() {
             let mut crashes = 0;
             scenario(&env, &mut engine, &mut crashes, &small).await;
             assert_eq!(crashes, 1, "{n}: crash before commit {crash_at} happened");
-            assert_eq!(snapshot(&env).await, reference, "{n}: crash before commit {crash_at}");
+            assert_eq!(
+                snapshot(&env).await,
+                reference,
+                "{n}: crash before commit {crash_at}"
+            );
         }
     }
 }
@@ -743,11 +1129,24 @@ async fn a_second_node_waits_for_the_lease() {
     for env in envs().await {
         let n = env.name;
         env.run().await;
-        let other = Engine::new(env.store.clone(), Arc::new(env.clock.clone()), EngineConfig::default());
-        assert!(matches!(other.run_once().await, Err(EngineError::LeaseLost)), "{n}");
+        let other = Engine::new(
+            env.store.clone(),
+            Arc::new(env.clock.clone()),
+            EngineConfig::default(),
+        );
+        assert!(
+            matches!(other.run_once().await, Err(EngineError::LeaseLost)),
+            "{n}"
+        );
         env.advance(Duration::seconds(31));
-        assert!(other.run_once().await.is_ok(), "{n}: an expired lease is taken over");
-        assert!(matches!(env.engine.run_once().await, Err(EngineError::LeaseLost)), "{n}");
+        assert!(
+            other.run_once().await.is_ok(),
+            "{n}: an expired lease is taken over"
+        );
+        assert!(
+            matches!(env.engine.run_once().await, Err(EngineError::LeaseLost)),
+            "{n}"
+        );
     }
 }
 
@@ -757,9 +1156,17 @@ async fn postgres_transactions_committing_out_of_order_are_not_skipped_nor_waite
         return;
     };
     let clock = ManualClock::new(t0());
-    let engine = Engine::new(store.clone(), Arc::new(clock.clone()), EngineConfig::default());
+    let engine = Engine::new(
+        store.clone(),
+        Arc::new(clock.clone()),
+        EngineConfig::default(),
+    );
     let c = store
-        .create_contact(serde_json::from_value(json!({"email": "order@example.jp"})).unwrap(), t0(), "api")
+        .create_contact(
+            serde_json::from_value(json!({"email": "order@example.jp"})).unwrap(),
+            t0(),
+            "api",
+        )
         .await
         .unwrap()
         .id;
@@ -770,28 +1177,49 @@ async fn postgres_transactions_committing_out_of_order_are_not_skipped_nor_waite
     let count = || async {
         let f = store.features_of(&[c]).await.unwrap();
         f.first()
-            .map(|f| serde_json::from_str::<kizuna_core::filter::event::FeatureState>(&f.2).unwrap().count)
+            .map(|f| {
+                serde_json::from_str::<kizuna_core::filter::event::FeatureState>(&f.2)
+                    .unwrap()
+                    .count
+            })
             .unwrap_or(0)
     };
     // Transaction A takes its place in the log first, and commits last.
     let mut a = store.db().begin().await.unwrap();
-    kizuna_store::events::append(&mut a, vec![view("/pricing/a")], t0()).await.unwrap();
-    store.append_events(vec![view("/pricing/b1"), view("/pricing/b2")], t0()).await.unwrap();
+    kizuna_store::events::append(&mut a, vec![view("/pricing/a")], t0())
+        .await
+        .unwrap();
+    store
+        .append_events(vec![view("/pricing/b1"), view("/pricing/b2")], t0())
+        .await
+        .unwrap();
     // B is processed at once — a running transaction does not hold the engine up …
     engine.run_until_idle().await.unwrap();
     assert_eq!(count().await, 2);
     let cp = store.checkpoint("main").await.unwrap().unwrap();
-    assert!(!cp.cursor.pending.is_empty(), "… and A, still running below the position, is remembered");
+    assert!(
+        !cp.cursor.pending.is_empty(),
+        "… and A, still running below the position, is remembered"
+    );
     // … and when A commits, after B, its event is not skipped.
     a.commit().await.unwrap();
     engine.run_until_idle().await.unwrap();
     assert_eq!(count().await, 3, "none skipped");
-    let seg = store.definition_by_name(DefinitionKind::Segment, "Pricing").await.unwrap().unwrap();
+    let seg = store
+        .definition_by_name(DefinitionKind::Segment, "Pricing")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(store.segment_member_ids(seg.id).await.unwrap(), vec![c]);
     // A rolled-back transaction leaves nothing behind either.
     let mut r = store.db().begin().await.unwrap();
-    kizuna_store::events::append(&mut r, vec![view("/pricing/rolled-back")], t0()).await.unwrap();
-    store.append_events(vec![view("/pricing/after")], t0()).await.unwrap();
+    kizuna_store::events::append(&mut r, vec![view("/pricing/rolled-back")], t0())
+        .await
+        .unwrap();
+    store
+        .append_events(vec![view("/pricing/after")], t0())
+        .await
+        .unwrap();
     engine.run_until_idle().await.unwrap();
     drop(r);
     engine.run_until_idle().await.unwrap();
@@ -802,7 +1230,10 @@ async fn postgres_transactions_committing_out_of_order_are_not_skipped_nor_waite
             ids.push(e.properties["path"].as_str().unwrap().to_string());
         }
     }
-    assert_eq!(ids, vec!["/pricing/a", "/pricing/b1", "/pricing/b2", "/pricing/after"]);
+    assert_eq!(
+        ids,
+        vec!["/pricing/a", "/pricing/b1", "/pricing/b2", "/pricing/after"]
+    );
 }
 
 type Seen = Arc<Mutex<Vec<(HeaderMap, String)>>>;
@@ -842,20 +1273,32 @@ async fn owners_get_a_signed_webhook_with_the_context_a_rep_needs() {
         let mfg = env.company("山田製作所", "製造業", 120).await;
         let c = env.contact("hook@yamada.example", "部長", Some(mfg)).await;
         env.run().await;
-        env.event(c, "page.viewed", json!({"path": "/products/ma"})).await;
-        env.event(c, "form.submitted", json!({"form": "contact"})).await;
+        env.event(c, "page.viewed", json!({"path": "/products/ma"}))
+            .await;
+        env.event(c, "form.submitted", json!({"form": "contact"}))
+            .await;
         env.run().await;
         let notifier = Notifier::new(env.store.clone(), Arc::new(env.clock.clone()));
         assert_eq!(notifier.deliver_due().await.unwrap(), 1, "{n}");
-        assert_eq!(notifier.deliver_due().await.unwrap(), 0, "{n}: retried only after the backoff");
+        assert_eq!(
+            notifier.deliver_due().await.unwrap(),
+            0,
+            "{n}: retried only after the backoff"
+        );
         env.advance(Duration::seconds(11));
         assert_eq!(notifier.deliver_due().await.unwrap(), 1, "{n}");
         let got = seen.lock().unwrap().clone();
         assert_eq!(got.len(), 2, "{n}");
         let (h, body) = &got[1];
-        assert_eq!(h["x-kizuna-delivery"], got[0].0["x-kizuna-delivery"], "{n}: same delivery id on retry");
+        assert_eq!(
+            h["x-kizuna-delivery"], got[0].0["x-kizuna-delivery"],
+            "{n}: same delivery id on retry"
+        );
         let sig = h["x-kizuna-signature"].to_str().unwrap();
-        assert!(verify("s3cret", sig, body, env.clock.now().timestamp(), 300), "{n}");
+        assert!(
+            verify("s3cret", sig, body, env.clock.now().timestamp(), 300),
+            "{n}"
+        );
         let v: Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["type"], "handoff.created");
         assert_eq!(v["owner"]["email"], "rep@kizuna.example", "{n}");
@@ -863,12 +1306,30 @@ async fn owners_get_a_signed_webhook_with_the_context_a_rep_needs() {
         assert_eq!(v["contact"]["company"]["industry"], "製造業", "{n}");
         assert_eq!(v["contact"]["source"]["channel"], "organic_search", "{n}");
         assert_eq!(v["score_breakdown"][0]["score"], 58.0, "{n}");
-        let rules: Vec<&str> = v["score_breakdown"][0]["rules"].as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
+        let rules: Vec<&str> = v["score_breakdown"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule"].as_str().unwrap())
+            .collect();
         assert_eq!(rules, vec!["product_page", "contact_form"], "{n}");
-        let recent: Vec<&str> = v["recent_activity"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-        assert_eq!(recent, vec!["form.submitted", "page.viewed", "contact.created"], "{n}");
+        let recent: Vec<&str> = v["recent_activity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            recent,
+            vec!["form.submitted", "page.viewed", "contact.created"],
+            "{n}"
+        );
         let out = env.store.notifications_of(c).await.unwrap();
-        assert_eq!((out[0].status.as_str(), out[0].attempts), ("delivered", 2), "{n}");
+        assert_eq!(
+            (out[0].status.as_str(), out[0].attempts),
+            ("delivered", 2),
+            "{n}"
+        );
     }
 }
 
@@ -881,16 +1342,30 @@ async fn what_if_reports_who_would_cross_and_when() {
         let b = env.contact("wb@yamada.example", "担当", None).await;
         for c in [a, b] {
             for _ in 0..4 {
-                env.event(c, "form.submitted", json!({"form": "inquiry"})).await;
+                env.event(c, "form.submitted", json!({"form": "inquiry"}))
+                    .await;
             }
         }
-        let r = explain::what_if(&env.store, &env.clock, &model(SEED_003), None).await.unwrap();
+        let r = explain::what_if(&env.store, &env.clock, &model(SEED_003), None)
+            .await
+            .unwrap();
         assert_eq!(r.contacts, 2, "{n}");
-        assert_eq!((r.mql.now, r.mql.ever), (1, 1), "{n}: a (fit 20 + 40); b has no fit");
+        assert_eq!(
+            (r.mql.now, r.mql.ever),
+            (1, 1),
+            "{n}: a (fit 20 + 40); b has no fit"
+        );
         assert_eq!(r.thresholds["hot"].now, 1, "{n}");
         assert_eq!(r.grades["A"], 1, "{n}");
         assert_eq!(r.sample[0]["email"], "wa@yamada.example", "{n}");
         assert_eq!(r.mql.first_reached_by_week.values().sum::<u64>(), 1, "{n}");
-        assert!(env.store.definitions(DefinitionKind::ScoringModel).await.unwrap().is_empty(), "{n}: nothing saved");
+        assert!(
+            env.store
+                .definitions(DefinitionKind::ScoringModel)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{n}: nothing saved"
+        );
     }
 }

@@ -156,7 +156,11 @@ impl Store {
     }
 
     /// A definition by id.
-    pub async fn definition(&self, kind: DefinitionKind, id: Uuid) -> Result<Definition, StoreError> {
+    pub async fn definition(
+        &self,
+        kind: DefinitionKind,
+        id: Uuid,
+    ) -> Result<Definition, StoreError> {
         let sql = format!("SELECT {COLS} FROM {} WHERE id = $1", kind.table());
         let r: Option<Row> = self
             .db()
@@ -282,4 +286,3 @@ pub async fn mark_built(
     .await?;
     Ok(())
 }
-

@@ -137,7 +137,10 @@ impl Store {
     pub async fn companies_by_ids(&self, ids: &[Uuid]) -> Result<Vec<Company>, StoreError> {
         let rows: Vec<crate::companies::CompanyRow> = by_ids(
             self,
-            &format!("SELECT {} FROM companies WHERE id", crate::companies::COLUMNS),
+            &format!(
+                "SELECT {} FROM companies WHERE id",
+                crate::companies::COLUMNS
+            ),
             "",
             ids,
         )
@@ -151,7 +154,10 @@ impl Store {
             .db()
             .reader()
             .fetch_all(
-                sqlx::AssertSqlSafe(format!("SELECT {} FROM companies", crate::companies::COLUMNS)),
+                sqlx::AssertSqlSafe(format!(
+                    "SELECT {} FROM companies",
+                    crate::companies::COLUMNS
+                )),
                 vec![],
             )
             .await?;
@@ -160,7 +166,8 @@ impl Store {
 
     /// Which of these contacts exist.
     pub async fn existing_contacts(&self, ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
-        let rows: Vec<One<Uuid>> = by_ids(self, "SELECT id FROM contacts WHERE id", "", ids).await?;
+        let rows: Vec<One<Uuid>> =
+            by_ids(self, "SELECT id FROM contacts WHERE id", "", ids).await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
@@ -274,10 +281,7 @@ impl Store {
     }
 
     /// Static list memberships of contacts: (contact, list).
-    pub async fn list_memberships_of(
-        &self,
-        ids: &[Uuid],
-    ) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
+    pub async fn list_memberships_of(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>, StoreError> {
         let rows: Vec<Pair> = by_ids(
             self,
             "SELECT contact_id AS a, list_id AS b FROM list_members WHERE contact_id",
@@ -350,7 +354,9 @@ impl Store {
                 self.db()
                     .reader()
                     .fetch_all(
-                        sqlx::AssertSqlSafe(format!("SELECT id FROM contacts ORDER BY id LIMIT {limit}")),
+                        sqlx::AssertSqlSafe(format!(
+                            "SELECT id FROM contacts ORDER BY id LIMIT {limit}"
+                        )),
                         vec![],
                     )
                     .await?
@@ -383,7 +389,9 @@ impl Store {
             entered_at: i64,
         }
         let mut a = args![segment];
-        let mut sql = String::from("SELECT contact_id, entered_at FROM segment_members WHERE segment_id = $1");
+        let mut sql = String::from(
+            "SELECT contact_id, entered_at FROM segment_members WHERE segment_id = $1",
+        );
         if let Some(x) = after {
             a.push(x.into());
             sql.push_str(" AND contact_id > $2");
@@ -423,7 +431,10 @@ impl Store {
                 args![contact],
             )
             .await?;
-        Ok(rows.into_iter().map(|r| (r.id, r.name, r.entered_at)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.id, r.name, r.entered_at))
+            .collect())
     }
 
     /// Timers of contacts.
@@ -546,7 +557,10 @@ pub async fn upsert_features(
 }
 
 /// Deletes some contacts' feature rows: (contact, key).
-pub async fn delete_contact_features(tx: &mut Tx, rows: &[(Uuid, String)]) -> Result<(), StoreError> {
+pub async fn delete_contact_features(
+    tx: &mut Tx,
+    rows: &[(Uuid, String)],
+) -> Result<(), StoreError> {
     for (c, k) in rows {
         tx.execute(
             "DELETE FROM engine_features WHERE contact_id = $1 AND feature = $2",
@@ -591,8 +605,11 @@ pub async fn upsert_scores(tx: &mut Tx, rows: &[ScoreRow]) -> Result<(), StoreEr
 
 /// Deletes every score of a model.
 pub async fn delete_model_scores(tx: &mut Tx, model: Uuid) -> Result<(), StoreError> {
-    tx.execute("DELETE FROM contact_scores WHERE model_id = $1", args![model])
-        .await?;
+    tx.execute(
+        "DELETE FROM contact_scores WHERE model_id = $1",
+        args![model],
+    )
+    .await?;
     Ok(())
 }
 

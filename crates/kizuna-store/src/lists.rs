@@ -259,10 +259,18 @@ impl Store {
     pub async fn delete_list(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.db().begin().await?;
         let members: Vec<crate::db::One<Uuid>> = tx
-            .fetch_all("SELECT contact_id FROM list_members WHERE list_id = $1", args![id])
+            .fetch_all(
+                "SELECT contact_id FROM list_members WHERE list_id = $1",
+                args![id],
+            )
             .await?;
         let members: Vec<Uuid> = members.into_iter().map(|r| r.0).collect();
-        crate::events::append(&mut tx, membership_events("list.removed", id, &members, now), now).await?;
+        crate::events::append(
+            &mut tx,
+            membership_events("list.removed", id, &members, now),
+            now,
+        )
+        .await?;
         tx.execute("DELETE FROM list_members WHERE list_id = $1", args![id])
             .await?;
         if tx

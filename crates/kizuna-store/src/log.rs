@@ -148,11 +148,19 @@ fn range(d: Dialect, after: LogPosition, upto: Option<LogPosition>, a: &mut Vec<
         Dialect::Postgres => {
             a.push(after.tx.into());
             a.push(after.seq.into());
-            s.push_str(&format!(" AND (txid, seq) > (${}, ${})", a.len() - 1, a.len()));
+            s.push_str(&format!(
+                " AND (txid, seq) > (${}, ${})",
+                a.len() - 1,
+                a.len()
+            ));
             if let Some(u) = upto {
                 a.push(u.tx.into());
                 a.push(u.seq.into());
-                s.push_str(&format!(" AND (txid, seq) <= (${}, ${})", a.len() - 1, a.len()));
+                s.push_str(&format!(
+                    " AND (txid, seq) <= (${}, ${})",
+                    a.len() - 1,
+                    a.len()
+                ));
             }
         }
     }
@@ -231,11 +239,8 @@ impl Store {
                 vec![],
             )
             .await?;
-        let running: std::collections::HashSet<i64> = snap
-            .xip
-            .split(',')
-            .filter_map(|x| x.parse().ok())
-            .collect();
+        let running: std::collections::HashSet<i64> =
+            snap.xip.split(',').filter_map(|x| x.parse().ok()).collect();
         let mut events = Vec::new();
         // Pending transactions that have finished: all their rows are visible now.
         let finished: Vec<i64> = cursor
@@ -267,9 +272,10 @@ impl Store {
         );
         let rows: Vec<LogRow> = tx.fetch_all(sqlx::AssertSqlSafe(sql), a).await?;
         tx.commit().await?;
-        let position = rows
-            .last()
-            .map_or(cursor.position, |r| LogPosition { tx: r.txid, seq: r.seq });
+        let position = rows.last().map_or(cursor.position, |r| LogPosition {
+            tx: r.txid,
+            seq: r.seq,
+        });
         events.extend(rows.into_iter().map(LogEvent::from));
         let mut pending: Vec<i64> = cursor
             .pending
@@ -335,7 +341,9 @@ impl Store {
     pub async fn log_head(&self) -> Result<LogPosition, StoreError> {
         let sql = match self.dialect() {
             Dialect::Sqlite => "SELECT 0 AS txid, COALESCE(MAX(seq), 0) AS seq FROM events",
-            Dialect::Postgres => "SELECT txid, seq FROM events ORDER BY txid DESC, seq DESC LIMIT 1",
+            Dialect::Postgres => {
+                "SELECT txid, seq FROM events ORDER BY txid DESC, seq DESC LIMIT 1"
+            }
         };
         #[derive(sqlx::FromRow)]
         struct P {
@@ -343,8 +351,11 @@ impl Store {
             seq: i64,
         }
         let p: Option<P> = self.db().reader().fetch_optional(sql, vec![]).await?;
-        Ok(p.map(|p| LogPosition { tx: p.txid, seq: p.seq })
-            .unwrap_or_default())
+        Ok(p.map(|p| LogPosition {
+            tx: p.txid,
+            seq: p.seq,
+        })
+        .unwrap_or_default())
     }
 
     /// A contact's events in log order: all of them, or those a reader at `upto` has read.
@@ -389,7 +400,10 @@ impl Store {
             .await?;
         Ok(r.map(|r| Checkpoint {
             cursor: LogCursor {
-                position: LogPosition { tx: r.tx, seq: r.seq },
+                position: LogPosition {
+                    tx: r.tx,
+                    seq: r.seq,
+                },
                 pending: serde_json::from_str(&r.pending).unwrap_or_default(),
             },
             holder: r.holder,
@@ -463,7 +477,10 @@ pub async fn advance_checkpoint(
 pub async fn count_after(store: &Store, after: LogPosition) -> Result<i64, StoreError> {
     let d = store.dialect();
     let mut a = Vec::new();
-    let sql = format!("SELECT COUNT(*) FROM events WHERE 1=1{}", range(d, after, None, &mut a));
+    let sql = format!(
+        "SELECT COUNT(*) FROM events WHERE 1=1{}",
+        range(d, after, None, &mut a)
+    );
     let n: One<i64> = store
         .db()
         .reader()

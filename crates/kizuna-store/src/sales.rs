@@ -94,9 +94,8 @@ pub struct TaskFilter {
 
 /// Inserts a task.
 pub async fn insert_task(tx: &mut Tx, t: &Task) -> Result<(), StoreError> {
-    let sql = format!(
-        "INSERT INTO tasks ({TASK_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
-    );
+    let sql =
+        format!("INSERT INTO tasks ({TASK_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)");
     tx.execute(
         sqlx::AssertSqlSafe(sql),
         args![
@@ -171,7 +170,10 @@ impl Store {
     /// Creates a task (from the API).
     pub async fn create_task(&self, t: &Task) -> Result<Task, StoreError> {
         let mut tx = self.db().begin().await?;
-        if crate::contacts::get_in(&mut tx, t.contact_id).await?.is_none() {
+        if crate::contacts::get_in(&mut tx, t.contact_id)
+            .await?
+            .is_none()
+        {
             return Err(StoreError::invalid(
                 "contact_id",
                 "unknown_contact",
@@ -180,7 +182,10 @@ impl Store {
         }
         if let Some(o) = t.owner_id
             && tx
-                .fetch_optional::<crate::db::One<Uuid>>("SELECT id FROM users WHERE id = $1", args![o])
+                .fetch_optional::<crate::db::One<Uuid>>(
+                    "SELECT id FROM users WHERE id = $1",
+                    args![o],
+                )
                 .await?
                 .is_none()
         {
@@ -492,7 +497,9 @@ const NOTE_COLS: &str =
 
 /// Queues a notification.
 pub async fn enqueue_notification(tx: &mut Tx, n: &Notification) -> Result<(), StoreError> {
-    let sql = format!("INSERT INTO notification_outbox ({NOTE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)");
+    let sql = format!(
+        "INSERT INTO notification_outbox ({NOTE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"
+    );
     tx.execute(
         sqlx::AssertSqlSafe(sql),
         args![

@@ -39,7 +39,9 @@ async fn every_insert_gets_a_place_in_the_log_in_commit_order() {
         let t = Utc.with_ymd_and_hms(2026, 10, 1, 0, 0, 0).unwrap();
         let c = uuid::Uuid::now_v7();
         let ev = |k: &str| NewEvent::new(c, k, t, "api", json!({}));
-        s.append_events(vec![ev("a.one"), ev("a.two")], t).await.unwrap();
+        s.append_events(vec![ev("a.one"), ev("a.two")], t)
+            .await
+            .unwrap();
         // A row written by other code, without events::append, is numbered too (SQLite:
         // trigger; PostgreSQL: column defaults).
         let mut tx = s.db().begin().await.unwrap();
@@ -59,13 +61,22 @@ async fn every_insert_gets_a_place_in_the_log_in_commit_order() {
         assert_eq!(cursor.position, log[3].position);
         assert!(cursor.pending.is_empty());
         // Reading after a cursor returns only what follows.
-        let after_two = LogCursor { position: log[1].position, pending: vec![] };
+        let after_two = LogCursor {
+            position: log[1].position,
+            pending: vec![],
+        };
         assert_eq!(s.read_log(&after_two, 100).await.unwrap().0.len(), 2);
         let limited = s.read_log(&LogCursor::default(), 3).await.unwrap();
         assert_eq!((limited.0.len(), limited.1.position), (3, log[2].position));
-        let upto = LogCursor { position: log[2].position, pending: vec![] };
+        let upto = LogCursor {
+            position: log[2].position,
+            pending: vec![],
+        };
         let types = ["a.two".to_string(), "c.three".to_string()];
-        let got = s.read_upto(LogPosition::default(), &upto, Some(&types), 100).await.unwrap();
+        let got = s
+            .read_upto(LogPosition::default(), &upto, Some(&types), 100)
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1, "type filter and upper bound");
     }
 }

@@ -51,7 +51,12 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut r = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -80,7 +85,10 @@ async fn the_engine_api_end_to_end() {
     for (store, _dir) in stores().await {
         let t0 = Utc.with_ymd_and_hms(2026, 10, 1, 9, 0, 0).unwrap();
         let clock = ManualClock::new(t0);
-        let (_, key) = store.create_api_key("test", &[Scope::Admin], t0).await.unwrap();
+        let (_, key) = store
+            .create_api_key("test", &[Scope::Admin], t0)
+            .await
+            .unwrap();
         let state = AppState {
             store: store.clone(),
             clock: Arc::new(clock.clone()),
@@ -92,8 +100,16 @@ async fn the_engine_api_end_to_end() {
         let server = tokio::spawn(kizuna_web::serve(listener, state, async {
             let _ = stopped.await;
         }));
-        let engine = Engine::new(store.clone(), Arc::new(clock.clone()), EngineConfig::default());
-        let api = Api { base, key, http: reqwest::Client::new() };
+        let engine = Engine::new(
+            store.clone(),
+            Arc::new(clock.clone()),
+            EngineConfig::default(),
+        );
+        let api = Api {
+            base,
+            key,
+            http: reqwest::Client::new(),
+        };
         let backend = format!("{:?}", store.dialect());
 
         // Definitions: a bad one names the bad node; good ones are created.
@@ -102,38 +118,91 @@ async fn the_engine_api_end_to_end() {
             .await;
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{backend}");
         assert_eq!(e["error"]["field"], "filter.all[1].within", "{backend}");
-        let (st, e) = api.post("/scoring-models", json!({"name": "m", "behaviour": [{"id": "x", "event": "a", "points": "ten"}]})).await;
-        assert_eq!((st, e["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("behaviour[0].points")), "{backend}");
+        let (st, e) = api
+            .post(
+                "/scoring-models",
+                json!({"name": "m", "behaviour": [{"id": "x", "event": "a", "points": "ten"}]}),
+            )
+            .await;
+        assert_eq!(
+            (st, e["error"]["field"].as_str()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("behaviour[0].points")
+            ),
+            "{backend}"
+        );
         let model: Value = serde_json::from_str(SEED_001).unwrap();
         // What-if before anything is saved.
-        let (st, wi) = api.post("/scoring-models/what-if", json!({"definition": model})).await;
+        let (st, wi) = api
+            .post("/scoring-models/what-if", json!({"definition": model}))
+            .await;
         assert_eq!(st, StatusCode::OK, "{backend}: {wi}");
         assert_eq!(wi["contacts"], 0);
         let (st, m) = api.post("/scoring-models", model.clone()).await;
         assert_eq!(st, StatusCode::CREATED, "{backend}: {m}");
-        assert_eq!((m["name"].as_str(), m["status"].as_str()), (Some("seed-001"), Some("building")));
+        assert_eq!(
+            (m["name"].as_str(), m["status"].as_str()),
+            (Some("seed-001"), Some("building"))
+        );
         let seg = json!({"name": "Grade A pricing", "description": "pricing views by grade A",
             "filter": {"all": [{"grade": "seed-001", "op": "eq", "value": "A"},
                                {"event": "page.viewed", "where": [{"property": "path", "op": "starts_with", "value": "/pricing"}]}]}});
         let (st, s) = api.post("/segments", seg).await;
         assert_eq!(st, StatusCode::CREATED, "{backend}: {s}");
         let seg_id = s["id"].as_str().unwrap().to_string();
-        let (st, _) = api.post("/segments", json!({"name": "Grade A pricing", "filter": {"list": "x"}})).await;
-        assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{backend}: unknown list");
+        let (st, _) = api
+            .post(
+                "/segments",
+                json!({"name": "Grade A pricing", "filter": {"list": "x"}}),
+            )
+            .await;
+        assert_eq!(
+            st,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{backend}: unknown list"
+        );
         let (st, e) = api.post("/segments", json!({"name": "Grade A pricing", "filter": {"attribute": "email", "op": "exists"}})).await;
-        assert_eq!((st, e["error"]["field"].as_str()), (StatusCode::CONFLICT, Some("name")), "{backend}");
+        assert_eq!(
+            (st, e["error"]["field"].as_str()),
+            (StatusCode::CONFLICT, Some("name")),
+            "{backend}"
+        );
         // Policy, a rep, contacts and behaviour.
         store
-            .create_user(UserInput { email: "rep@kizuna.example".into(), name: "Rep".into(), role: Some("sales".into()), territory: None }, t0)
+            .create_user(
+                UserInput {
+                    email: "rep@kizuna.example".into(),
+                    name: "Rep".into(),
+                    role: Some("sales".into()),
+                    territory: None,
+                },
+                t0,
+            )
             .await
             .unwrap();
         let (st, _) = api.put("/handoff-policy", json!({"task": {"title": "Call {name}", "due_in": "2d"}, "webhook": {"url": "http://127.0.0.1:9/x", "secret": "hidden"}})).await;
         assert_eq!(st, StatusCode::NO_CONTENT, "{backend}");
         let (_, p) = api.get("/handoff-policy").await;
-        assert_eq!(p["webhook"]["secret"], "********", "{backend}: the secret is not shown");
+        assert_eq!(
+            p["webhook"]["secret"], "********",
+            "{backend}: the secret is not shown"
+        );
         let (st, e) = api.put("/handoff-policy", json!({"rules": [{"when": {"attribute": "x", "op": "exists"}, "owner": "rep@kizuna.example"}]})).await;
-        assert_eq!((st, e["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("rules[0].when.attribute")), "{backend}");
-        let (_, co) = api.post("/companies", json!({"name": "山田製作所", "industry": "製造業", "employee_count": 120})).await;
+        assert_eq!(
+            (st, e["error"]["field"].as_str()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("rules[0].when.attribute")
+            ),
+            "{backend}"
+        );
+        let (_, co) = api
+            .post(
+                "/companies",
+                json!({"name": "山田製作所", "industry": "製造業", "employee_count": 120}),
+            )
+            .await;
         let (st, c) = api
             .post("/contacts", json!({"email": "api@yamada.example", "last_name": "山田", "job_title": "部長", "company_id": co["id"]}))
             .await;
@@ -144,7 +213,13 @@ async fn the_engine_api_end_to_end() {
             .append_events(
                 vec![
                     NewEvent::new(cid, "page.viewed", now, "sdk", json!({"path": "/pricing"})),
-                    NewEvent::new(cid, "form.submitted", now, "sdk", json!({"form": "contact"})),
+                    NewEvent::new(
+                        cid,
+                        "form.submitted",
+                        now,
+                        "sdk",
+                        json!({"form": "contact"}),
+                    ),
                 ],
                 now,
             )
@@ -154,49 +229,133 @@ async fn the_engine_api_end_to_end() {
         let (st, pv) = api
             .post("/segments/preview", json!({"filter": {"event": "form.submitted", "where": [{"property": "form", "op": "eq", "value": "contact"}]}, "sample": 5}))
             .await;
-        assert_eq!((st, pv["count"].as_u64()), (StatusCode::OK, Some(1)), "{backend}: {pv}");
+        assert_eq!(
+            (st, pv["count"].as_u64()),
+            (StatusCode::OK, Some(1)),
+            "{backend}: {pv}"
+        );
         assert_eq!(pv["sample"][0]["email"], "api@yamada.example");
         engine.run_until_idle().await.unwrap();
         let (_, s) = api.get(&format!("/segments/{seg_id}")).await;
-        assert_eq!((s["status"].as_str(), s["member_count"].as_i64()), (Some("active"), Some(1)), "{backend}: {s}");
-        let (_, mem) = api.get(&format!("/segments/{seg_id}/members?limit=10")).await;
+        assert_eq!(
+            (s["status"].as_str(), s["member_count"].as_i64()),
+            (Some("active"), Some(1)),
+            "{backend}: {s}"
+        );
+        let (_, mem) = api
+            .get(&format!("/segments/{seg_id}/members?limit=10"))
+            .await;
         assert_eq!(mem["data"][0]["email"], "api@yamada.example", "{backend}");
         assert!(mem["data"][0]["entered_at"].is_string());
         let (_, sc) = api.get(&format!("/contacts/{cid}/score")).await;
-        assert_eq!((sc["data"][0]["score"].as_f64(), sc["data"][0]["grade"].as_str()), (Some(53.0), Some("A")), "{backend}: {sc}");
+        assert_eq!(
+            (
+                sc["data"][0]["score"].as_f64(),
+                sc["data"][0]["grade"].as_str()
+            ),
+            (Some(53.0), Some("A")),
+            "{backend}: {sc}"
+        );
         assert_eq!(sc["data"][0]["rules"][0]["rule"], "contact_form");
         let (_, segs) = api.get(&format!("/contacts/{cid}/segments")).await;
         assert_eq!(segs["data"][0]["name"], "Grade A pricing");
         let (_, sales) = api.get(&format!("/contacts/{cid}/sales")).await;
-        assert_eq!((sales["active_sales_cycle"].as_bool(), sales["lifecycle_stage"].as_str()), (Some(true), Some("mql")), "{backend}: {sales}");
+        assert_eq!(
+            (
+                sales["active_sales_cycle"].as_bool(),
+                sales["lifecycle_stage"].as_str()
+            ),
+            (Some(true), Some("mql")),
+            "{backend}: {sales}"
+        );
         let (_, tasks) = api.get("/tasks?status=open").await;
         assert_eq!(tasks["data"][0]["title"], "Call 山田", "{backend}: {tasks}");
         let task_id = tasks["data"][0]["id"].as_str().unwrap().to_string();
         // Accept with BANT over HTTP; a bad BANT names the field.
-        let (st, e) = api.post(&format!("/contacts/{cid}/sales/accept"), json!({"bant": {"budget": "5M", "authority": "", "need": "x", "timeline": "Q3"}})).await;
-        assert_eq!((st, e["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("bant.authority")), "{backend}");
+        let (st, e) = api
+            .post(
+                &format!("/contacts/{cid}/sales/accept"),
+                json!({"bant": {"budget": "5M", "authority": "", "need": "x", "timeline": "Q3"}}),
+            )
+            .await;
+        assert_eq!(
+            (st, e["error"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("bant.authority")),
+            "{backend}"
+        );
         let (st, h) = api
             .post(&format!("/contacts/{cid}/sales/accept"), json!({"bant": {"budget": "5M", "authority": "部長", "need": "MA", "timeline": "Q3"}, "note": "demo booked"}))
             .await;
-        assert_eq!((st, h["status"].as_str()), (StatusCode::OK, Some("accepted")), "{backend}: {h}");
-        let (st, _) = api.post(&format!("/contacts/{cid}/sales/reject"), json!({"reason": "no_budget"})).await;
+        assert_eq!(
+            (st, h["status"].as_str()),
+            (StatusCode::OK, Some("accepted")),
+            "{backend}: {h}"
+        );
+        let (st, _) = api
+            .post(
+                &format!("/contacts/{cid}/sales/reject"),
+                json!({"reason": "no_budget"}),
+            )
+            .await;
         assert_eq!(st, StatusCode::CONFLICT, "{backend}: nothing pending");
         let (_, stg) = api.get(&format!("/contacts/{cid}/stages")).await;
-        let causes: Vec<&str> = stg["data"].as_array().unwrap().iter().map(|p| p["cause"].as_str().unwrap()).collect();
-        assert_eq!(causes, vec!["created", "scoring:seed-001", "sales.accepted"], "{backend}: {stg}");
+        let causes: Vec<&str> = stg["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["cause"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            causes,
+            vec!["created", "scoring:seed-001", "sales.accepted"],
+            "{backend}: {stg}"
+        );
         assert_eq!(stg["current"], "sql");
-        let (st, t) = api.call(reqwest::Method::PATCH, &format!("/tasks/{task_id}"), Some(json!({"status": "done", "notes": "called"}))).await;
-        assert_eq!((st, t["status"].as_str(), t["notes"].as_str()), (StatusCode::OK, Some("done"), Some("called")), "{backend}");
-        let (st, t) = api.post("/tasks", json!({"contact_id": cid, "title": "Send proposal", "kind": "call"})).await;
-        assert_eq!((st, t["source"].as_str()), (StatusCode::CREATED, Some("api")), "{backend}");
+        let (st, t) = api
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/tasks/{task_id}"),
+                Some(json!({"status": "done", "notes": "called"})),
+            )
+            .await;
+        assert_eq!(
+            (st, t["status"].as_str(), t["notes"].as_str()),
+            (StatusCode::OK, Some("done"), Some("called")),
+            "{backend}"
+        );
+        let (st, t) = api
+            .post(
+                "/tasks",
+                json!({"contact_id": cid, "title": "Send proposal", "kind": "call"}),
+            )
+            .await;
+        assert_eq!(
+            (st, t["source"].as_str()),
+            (StatusCode::CREATED, Some("api")),
+            "{backend}"
+        );
         let (_, hs) = api.get("/handoffs?status=accepted").await;
         assert_eq!(hs["data"].as_array().unwrap().len(), 1, "{backend}");
         // Deleting the model a segment reads is refused.
-        let (st, _) = api.call(reqwest::Method::DELETE, &format!("/scoring-models/{}", m["id"].as_str().unwrap()), None).await;
+        let (st, _) = api
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/scoring-models/{}", m["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
         assert_eq!(st, StatusCode::CONFLICT, "{backend}");
-        let (st, _) = api.call(reqwest::Method::DELETE, &format!("/segments/{seg_id}"), None).await;
+        let (st, _) = api
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/segments/{seg_id}"),
+                None,
+            )
+            .await;
         assert_eq!(st, StatusCode::NO_CONTENT, "{backend}");
-        let (st, _) = api.get(&format!("/contacts/{}/score", uuid::Uuid::now_v7())).await;
+        let (st, _) = api
+            .get(&format!("/contacts/{}/score", uuid::Uuid::now_v7()))
+            .await;
         assert_eq!(st, StatusCode::NOT_FOUND, "{backend}");
         let _ = stop.send(());
         server.await.unwrap().unwrap();

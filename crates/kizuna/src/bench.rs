@@ -63,9 +63,7 @@ pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
             events,
             handoffs,
             database_url,
-        } => {
-            crate::bench_engine::bench_segment(contacts, events, handoffs, database_url).await
-        }
+        } => crate::bench_engine::bench_segment(contacts, events, handoffs, database_url).await,
     }
 }
 
@@ -78,7 +76,10 @@ pub(crate) struct Backend {
 /// Makes a fresh database of one backend for a run tagged `tag`.
 pub(crate) type BackendMaker = Box<dyn Fn(&str) -> Backend>;
 
-pub(crate) fn backends(tmp: &std::path::Path, pg: &Option<String>) -> Vec<(&'static str, BackendMaker)> {
+pub(crate) fn backends(
+    tmp: &std::path::Path,
+    pg: &Option<String>,
+) -> Vec<(&'static str, BackendMaker)> {
     let tmp = tmp.to_path_buf();
     let mut out: Vec<(&'static str, BackendMaker)> = vec![(
         "sqlite",

@@ -90,7 +90,10 @@ fn definitions() -> Vec<Value> {
             "decay": {"half_life": "14d"}, "thresholds": {"reader": 5}}),
     ];
     for ind in INDUSTRIES {
-        d.push(seg(format!("Industry {ind}"), json!({"attribute": "company.industry", "op": "eq", "value": ind})));
+        d.push(seg(
+            format!("Industry {ind}"),
+            json!({"attribute": "company.industry", "op": "eq", "value": ind}),
+        ));
     }
     for st in [
         "subscriber",
@@ -103,13 +106,22 @@ fn definitions() -> Vec<Value> {
         "disqualified",
         "dormant",
     ] {
-        d.push(seg(format!("Stage {st}"), json!({"attribute": "lifecycle_stage", "op": "eq", "value": st})));
+        d.push(seg(
+            format!("Stage {st}"),
+            json!({"attribute": "lifecycle_stage", "op": "eq", "value": st}),
+        ));
     }
     for lv in ["manager", "director", "executive"] {
-        d.push(seg(format!("Level ≥ {lv}"), json!({"attribute": "job_level", "op": "gte", "value": lv})));
+        d.push(seg(
+            format!("Level ≥ {lv}"),
+            json!({"attribute": "job_level", "op": "gte", "value": lv}),
+        ));
     }
     for n in [50, 300, 1000, 3000] {
-        d.push(seg(format!("≥ {n} employees"), json!({"attribute": "company.employee_count", "op": "gte", "value": n})));
+        d.push(seg(
+            format!("≥ {n} employees"),
+            json!({"attribute": "company.employee_count", "op": "gte", "value": n}),
+        ));
     }
     for p in PAGES {
         for w in ["7d", "30d"] {
@@ -119,37 +131,97 @@ fn definitions() -> Vec<Value> {
     }
     for (name, f) in [
         ("Downloaded", json!({"event": "content.downloaded"})),
-        ("Webinar in 30d", json!({"event": "webinar.attended", "within": "30d"})),
-        ("Seminar in 90d", json!({"event": "seminar.attended", "within": "90d"})),
-        ("Contact form", json!({"event": "form.submitted", "where": [{"property": "form", "op": "eq", "value": "contact"}]})),
-        ("Trial in 14d", json!({"event": "trial.started", "within": "14d"})),
-        ("Logins ≥ 5 in 30d", json!({"event": "login", "count": {"gte": 5}, "within": "30d"})),
+        (
+            "Webinar in 30d",
+            json!({"event": "webinar.attended", "within": "30d"}),
+        ),
+        (
+            "Seminar in 90d",
+            json!({"event": "seminar.attended", "within": "90d"}),
+        ),
+        (
+            "Contact form",
+            json!({"event": "form.submitted", "where": [{"property": "form", "op": "eq", "value": "contact"}]}),
+        ),
+        (
+            "Trial in 14d",
+            json!({"event": "trial.started", "within": "14d"}),
+        ),
+        (
+            "Logins ≥ 5 in 30d",
+            json!({"event": "login", "count": {"gte": 5}, "within": "30d"}),
+        ),
         ("Opened in 30d", json!({"email": "opened", "within": "30d"})),
-        ("Clicked in 30d", json!({"email": "clicked", "within": "30d"})),
-        ("Not opened in 60d", json!({"not": {"email": "opened", "within": "60d"}})),
-        ("Opened ≥ 3 in 30d", json!({"email": "opened", "count": {"gte": 3}, "within": "30d"})),
-        ("Document request 30d", json!({"event": "form.submitted", "where": [{"property": "form", "op": "eq", "value": "document_request"}], "within": "30d"})),
-        ("Inquiry 30d", json!({"event": "form.submitted", "where": [{"property": "form", "op": "eq", "value": "inquiry"}], "within": "30d"})),
-        ("Temperature hot", json!({"attribute": "temperature", "op": "eq", "value": "hot"})),
-        ("Created in 30d", json!({"attribute": "created_at", "op": "within_last", "value": "30d"})),
-        ("Organic search", json!({"attribute": "source.channel", "op": "eq", "value": "organic_search"})),
-        ("Offline", json!({"attribute": "source.channel", "op": "eq", "value": "offline"})),
-        ("Tokyo", json!({"attribute": "address.region", "op": "eq", "value": "東京都"})),
+        (
+            "Clicked in 30d",
+            json!({"email": "clicked", "within": "30d"}),
+        ),
+        (
+            "Not opened in 60d",
+            json!({"not": {"email": "opened", "within": "60d"}}),
+        ),
+        (
+            "Opened ≥ 3 in 30d",
+            json!({"email": "opened", "count": {"gte": 3}, "within": "30d"}),
+        ),
+        (
+            "Document request 30d",
+            json!({"event": "form.submitted", "where": [{"property": "form", "op": "eq", "value": "document_request"}], "within": "30d"}),
+        ),
+        (
+            "Inquiry 30d",
+            json!({"event": "form.submitted", "where": [{"property": "form", "op": "eq", "value": "inquiry"}], "within": "30d"}),
+        ),
+        (
+            "Temperature hot",
+            json!({"attribute": "temperature", "op": "eq", "value": "hot"}),
+        ),
+        (
+            "Created in 30d",
+            json!({"attribute": "created_at", "op": "within_last", "value": "30d"}),
+        ),
+        (
+            "Organic search",
+            json!({"attribute": "source.channel", "op": "eq", "value": "organic_search"}),
+        ),
+        (
+            "Offline",
+            json!({"attribute": "source.channel", "op": "eq", "value": "offline"}),
+        ),
+        (
+            "Tokyo",
+            json!({"attribute": "address.region", "op": "eq", "value": "東京都"}),
+        ),
         ("Mailable", json!({"consent": "email"})),
         ("In a sales cycle", json!({"sales_cycle": true})),
         ("Owned", json!({"attribute": "owner_id", "op": "exists"})),
         ("Pricing ×3 in 14d", pricing(3, "14d", "/pricing")),
-        ("Hot managers", json!({"all": [{"attribute": "temperature", "op": "eq", "value": "hot"}, {"attribute": "job_level", "op": "gte", "value": "manager"}]})),
-        ("Mfg or IT that downloaded", json!({"all": [{"any": [{"segment": "Industry 製造業"}, {"segment": "Industry 情報通信業"}]}, {"segment": "Downloaded"}]})),
-        ("Silent grade A", json!({"all": [{"not": {"email": "opened", "within": "30d"}}, {"grade": "seed-001", "op": "eq", "value": "A"}]})),
+        (
+            "Hot managers",
+            json!({"all": [{"attribute": "temperature", "op": "eq", "value": "hot"}, {"attribute": "job_level", "op": "gte", "value": "manager"}]}),
+        ),
+        (
+            "Mfg or IT that downloaded",
+            json!({"all": [{"any": [{"segment": "Industry 製造業"}, {"segment": "Industry 情報通信業"}]}, {"segment": "Downloaded"}]}),
+        ),
+        (
+            "Silent grade A",
+            json!({"all": [{"not": {"email": "opened", "within": "30d"}}, {"grade": "seed-001", "op": "eq", "value": "A"}]}),
+        ),
     ] {
         d.push(seg(name.to_string(), f));
     }
     for m in ["seed-001", "seed-003", "crm-line"] {
-        d.push(seg(format!("{m} grade ≥ B"), json!({"grade": m, "op": "gte", "value": "B"})));
+        d.push(seg(
+            format!("{m} grade ≥ B"),
+            json!({"grade": m, "op": "gte", "value": "B"}),
+        ));
     }
     for m in ["seed-001", "seed-003", "crm-line", "events", "email"] {
-        d.push(seg(format!("{m} score ≥ 30"), json!({"score": m, "op": "gte", "value": 30})));
+        d.push(seg(
+            format!("{m} score ≥ 30"),
+            json!({"score": m, "op": "gte", "value": 30}),
+        ));
     }
     d
 }
@@ -202,7 +274,10 @@ async fn sql_baseline(
     let c: One<i64> = store
         .db()
         .reader()
-        .fetch_one(kizuna_store::db::assert_sql_safe(sql), kizuna_store::args![model, since, n])
+        .fetch_one(
+            kizuna_store::db::assert_sql_safe(sql),
+            kizuna_store::args![model, since, n],
+        )
         .await?;
     Ok((c.0, t.elapsed()))
 }
@@ -218,7 +293,9 @@ pub async fn bench_segment(
     pg: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let tmp = tempfile::tempdir()?;
-    println!("kizuna bench segment — {contacts} contacts, {events} behaviour events, 5 scoring models, 100 segments");
+    println!(
+        "kizuna bench segment — {contacts} contacts, {events} behaviour events, 5 scoring models, 100 segments"
+    );
     for (_, make) in backends(tmp.path(), &pg) {
         let make: &BackendMaker = &make;
         let b = make("engine");
@@ -249,16 +326,16 @@ async fn one_backend(
     println!("\n[{name}]");
     let t = Instant::now();
     crate::demo::generate(store, contacts, 42, now).await?;
-    println!("  setup: {contacts} contacts imported in {:.1?}", t.elapsed());
+    println!(
+        "  setup: {contacts} contacts imported in {:.1?}",
+        t.elapsed()
+    );
     let defs: Vec<(String, Value)> = definitions()
         .into_iter()
         .enumerate()
         .map(|(i, d)| (format!("bench[{i}]"), d))
         .collect();
-    let n_segments = defs
-        .iter()
-        .filter(|d| d.1["kind"] == "segment")
-        .count();
+    let n_segments = defs.iter().filter(|d| d.1["kind"] == "segment").count();
     apply::apply(store, clock.as_ref(), defs)
         .await
         .map_err(|e| anyhow::anyhow!("bench definitions invalid: {e:?}"))?;
@@ -267,7 +344,9 @@ async fn one_backend(
     engine.run_until_idle().await?;
     println!("  setup: 5 models and {n_segments} segments built on the contacts in {built:.1?}");
     let t = Instant::now();
-    let written = crate::demo::generate_events(store, events, 42, now - chrono::Duration::minutes(1), false).await?;
+    let written =
+        crate::demo::generate_events(store, events, 42, now - chrono::Duration::minutes(1), false)
+            .await?;
     let append = t.elapsed();
     println!(
         "  setup: {written} events appended in {append:.1?} ({:.0} events/s)",
@@ -319,18 +398,28 @@ async fn one_backend(
         .id;
     let industries = ["製造業", "情報通信業", "金融業"];
     let since = (clock.now() - chrono::Duration::days(14)).timestamp_micros();
-    println!("  (a) bulk build: ≥ 3 views of /pricing in 14 days AND industry in 製造業/情報通信業/金融業 AND grade ≥ B (seed-001)");
+    println!(
+        "  (a) bulk build: ≥ 3 views of /pricing in 14 days AND industry in 製造業/情報通信業/金融業 AND grade ≥ B (seed-001)"
+    );
     for (label, prefix, n) in [
         ("feature already kept by another segment", "/pricing", 3u64),
-        ("cold: feature backfilled from the log", "/pricing/enterprise", 2u64),
+        (
+            "cold: feature backfilled from the log",
+            "/pricing/enterprise",
+            2u64,
+        ),
     ] {
         let seg_name = format!("bench: {prefix} ≥ {n}");
         let filter = json!({"all": [pricing(n, "14d", prefix),
             {"attribute": "company.industry", "op": "in", "value": industries},
             {"grade": "seed-001", "op": "gte", "value": "B"}]});
-        apply::apply(store, clock.as_ref(), vec![("a".into(), seg(seg_name.clone(), filter))])
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        apply::apply(
+            store,
+            clock.as_ref(),
+            vec![("a".into(), seg(seg_name.clone(), filter))],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let took = wait_builds(&engine).await?;
         let id = store
             .definition_by_name(DefinitionKind::Segment, &seg_name)
@@ -338,10 +427,15 @@ async fn one_backend(
             .context("segment")?
             .id;
         let members = store.segment_member_count(id).await?;
-        let (sql_count, sql_time) = sql_baseline(store, model, prefix, n as i64, since, &industries).await?;
+        let (sql_count, sql_time) =
+            sql_baseline(store, model, prefix, n as i64, since, &industries).await?;
         println!(
             "      {label} ({prefix} ≥ {n}): built in {took:.2?}, {members} members; baseline SQL query: {sql_time:.2?}, {sql_count} rows — {}",
-            if sql_count == members { "same answer" } else { "DIFFERENT ANSWER" }
+            if sql_count == members {
+                "same answer"
+            } else {
+                "DIFFERENT ANSWER"
+            }
         );
     }
 
@@ -382,7 +476,9 @@ async fn latency(store: &Store, engine: &Engine, clock: SharedClock, n: u32) -> 
     // 23), a webinar (15) and a download (10) = 48.
     let co = store
         .create_company(
-            serde_json::from_value(json!({"name": "ベンチ製作所", "industry": "製造業", "employee_count": 120}))?,
+            serde_json::from_value(
+                json!({"name": "ベンチ製作所", "industry": "製造業", "employee_count": 120}),
+            )?,
             clock.now(),
         )
         .await?;
@@ -417,14 +513,22 @@ async fn latency(store: &Store, engine: &Engine, clock: SharedClock, n: u32) -> 
     let wake = engine.notifications_queued();
     let stop_n = until(stopping.clone());
     let notifier_task = tokio::spawn(async move {
-        notifier.run(Duration::from_millis(200), Some(wake), stop_n).await
+        notifier
+            .run(Duration::from_millis(200), Some(wake), stop_n)
+            .await
     });
     let mut sent: Vec<(Uuid, Instant)> = Vec::new();
     for id in &ids {
         let now: DateTime<Utc> = clock.now();
         store
             .append_events(
-                vec![NewEvent::new(*id, "page.viewed", now, "sdk", json!({"path": "/products/ma"}))],
+                vec![NewEvent::new(
+                    *id,
+                    "page.viewed",
+                    now,
+                    "sdk",
+                    json!({"path": "/products/ma"}),
+                )],
                 now,
             )
             .await?;
@@ -441,7 +545,10 @@ async fn latency(store: &Store, engine: &Engine, clock: SharedClock, n: u32) -> 
     let got = arrivals.lock().unwrap().clone();
     let lat: Vec<f64> = sent
         .iter()
-        .filter_map(|(id, t)| got.get(id).map(|a| a.duration_since(*t).as_secs_f64() * 1e3))
+        .filter_map(|(id, t)| {
+            got.get(id)
+                .map(|a| a.duration_since(*t).as_secs_f64() * 1e3)
+        })
         .collect();
     // Baseline: the HTTP hop alone, a bare POST to the same receiver.
     let http = reqwest::Client::new();

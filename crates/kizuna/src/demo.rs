@@ -568,7 +568,11 @@ const KINDS: &[(&str, u32)] = &[
 ];
 
 /// One realistic behaviour event for a contact at `at`.
-fn demo_event(rng: &mut StdRng, contact: uuid::Uuid, at: DateTime<Utc>) -> kizuna_store::events::NewEvent {
+fn demo_event(
+    rng: &mut StdRng,
+    contact: uuid::Uuid,
+    at: DateTime<Utc>,
+) -> kizuna_store::events::NewEvent {
     use serde_json::json;
     let kind = *pick(rng, KINDS);
     let (source, props) = match kind {
@@ -596,8 +600,14 @@ fn demo_event(rng: &mut StdRng, contact: uuid::Uuid, at: DateTime<Utc>) -> kizun
             "sdk",
             json!({"asset": *pick(rng, &[("whitepaper-ma-guide", 5), ("checklist-scoring", 3), ("case-study-manufacturing", 2)]), "type": "whitepaper"}),
         ),
-        "webinar.attended" => ("import", json!({"webinar": "MA入門ウェビナー", "minutes": rng.random_range(10..60)})),
-        "seminar.attended" => ("import", json!({"seminar": "リードナーチャリング実践セミナー", "city": "東京"})),
+        "webinar.attended" => (
+            "import",
+            json!({"webinar": "MA入門ウェビナー", "minutes": rng.random_range(10..60)}),
+        ),
+        "seminar.attended" => (
+            "import",
+            json!({"seminar": "リードナーチャリング実践セミナー", "city": "東京"}),
+        ),
         "form.submitted" => (
             "sdk",
             json!({"form": *pick(rng, &[("document_request", 5), ("inquiry", 3), ("contact", 2)])}),

@@ -87,7 +87,11 @@ pub async fn run(
     let stop_notes = until_stopped(stopping.clone());
     let notifier_task = tokio::spawn(async move {
         notifier
-            .run(std::time::Duration::from_millis(200), Some(wake), stop_notes)
+            .run(
+                std::time::Duration::from_millis(200),
+                Some(wake),
+                stop_notes,
+            )
             .await
     });
     tracing::info!(%addr, "kizuna listening on http://{addr}");

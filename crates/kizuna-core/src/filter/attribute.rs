@@ -285,10 +285,13 @@ impl<'a> AttrValue<'a> {
         match (v, ty) {
             (Json::Null, _) => AttrValue::Missing,
             (Json::Bool(b), _) => AttrValue::Bool(*b),
-            (Json::Number(n), _) => n.as_f64().map(AttrValue::Number).unwrap_or(AttrValue::Missing),
-            (Json::String(s), Some(FieldType::Date | FieldType::Datetime)) => {
-                parse_instant(s).map(AttrValue::Instant).unwrap_or(AttrValue::Missing)
-            }
+            (Json::Number(n), _) => n
+                .as_f64()
+                .map(AttrValue::Number)
+                .unwrap_or(AttrValue::Missing),
+            (Json::String(s), Some(FieldType::Date | FieldType::Datetime)) => parse_instant(s)
+                .map(AttrValue::Instant)
+                .unwrap_or(AttrValue::Missing),
             (Json::String(s), Some(FieldType::Number)) => s
                 .trim()
                 .parse()

@@ -42,8 +42,14 @@ fn combine(outs: &[Outcome], and: bool) -> Outcome {
 
 pub(super) fn eval(n: &Node, f: &dyn Facts, now: i64) -> Outcome {
     match n {
-        Node::All(xs) => combine(&xs.iter().map(|x| eval(x, f, now)).collect::<Vec<_>>(), true),
-        Node::Any(xs) => combine(&xs.iter().map(|x| eval(x, f, now)).collect::<Vec<_>>(), false),
+        Node::All(xs) => combine(
+            &xs.iter().map(|x| eval(x, f, now)).collect::<Vec<_>>(),
+            true,
+        ),
+        Node::Any(xs) => combine(
+            &xs.iter().map(|x| eval(x, f, now)).collect::<Vec<_>>(),
+            false,
+        ),
         Node::Not(x) => {
             let o = eval(x, f, now);
             Outcome {

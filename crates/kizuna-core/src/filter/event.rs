@@ -188,7 +188,11 @@ mod tests {
         let p = TypePattern::parse("Email.*").unwrap();
         assert!(p.matches("email.opened"));
         assert!(!p.matches("emails"));
-        assert!(TypePattern::parse("page.viewed").unwrap().matches("Page.Viewed"));
+        assert!(
+            TypePattern::parse("page.viewed")
+                .unwrap()
+                .matches("Page.Viewed")
+        );
         assert!(TypePattern::parse("a*b").is_err());
         assert!(TypePattern::parse("").is_err());
     }
@@ -231,8 +235,17 @@ mod tests {
             types: vec![TypePattern::parse(t).unwrap()],
             filters: vec![],
         };
-        assert_eq!(FeatureDef::new(m("a"), 4).key, FeatureDef::new(m("A"), 4).key);
-        assert_ne!(FeatureDef::new(m("a"), 4).key, FeatureDef::new(m("a"), 8).key);
-        assert_ne!(FeatureDef::new(m("a"), 4).key, FeatureDef::new(m("b"), 4).key);
+        assert_eq!(
+            FeatureDef::new(m("a"), 4).key,
+            FeatureDef::new(m("A"), 4).key
+        );
+        assert_ne!(
+            FeatureDef::new(m("a"), 4).key,
+            FeatureDef::new(m("a"), 8).key
+        );
+        assert_ne!(
+            FeatureDef::new(m("a"), 4).key,
+            FeatureDef::new(m("b"), 4).key
+        );
     }
 }

@@ -216,12 +216,32 @@ mod tests {
 
     #[test]
     fn text_ops_fold_width_and_case() {
-        assert!(Op::Eq(Operand::Text("abc".into())).test(&text("ＡＢＣ"), 0).value);
+        assert!(
+            Op::Eq(Operand::Text("abc".into()))
+                .test(&text("ＡＢＣ"), 0)
+                .value
+        );
         assert!(Op::Contains("部長".into()).test(&text("営業部長"), 0).value);
-        assert!(Op::StartsWith("/pricing".into()).test(&text("/Pricing/enterprise"), 0).value);
-        assert!(!Op::StartsWith("/pricing".into()).test(&AttrValue::Missing, 0).value);
-        assert!(Op::NotContains("x".into()).test(&AttrValue::Missing, 0).value);
-        assert!(Op::Ne(Operand::Text("a".into())).test(&AttrValue::Missing, 0).value);
+        assert!(
+            Op::StartsWith("/pricing".into())
+                .test(&text("/Pricing/enterprise"), 0)
+                .value
+        );
+        assert!(
+            !Op::StartsWith("/pricing".into())
+                .test(&AttrValue::Missing, 0)
+                .value
+        );
+        assert!(
+            Op::NotContains("x".into())
+                .test(&AttrValue::Missing, 0)
+                .value
+        );
+        assert!(
+            Op::Ne(Operand::Text("a".into()))
+                .test(&AttrValue::Missing, 0)
+                .value
+        );
     }
 
     #[test]

@@ -352,7 +352,10 @@ fn op_of(
             if relative && kind.is_none() {
                 "relative dates are not available on event properties".to_string()
             } else {
-                format!("{raw:?} does not apply here (use one of: {})", allowed.join(", "))
+                format!(
+                    "{raw:?} does not apply here (use one of: {})",
+                    allowed.join(", ")
+                )
             },
         ));
     }
@@ -389,7 +392,11 @@ fn op_of(
         }
         "in" | "not_in" => {
             let Some(Value::Array(a)) = value else {
-                return Err(err(&vpath, "invalid_value", format!("{name} needs a list of values")));
+                return Err(err(
+                    &vpath,
+                    "invalid_value",
+                    format!("{name} needs a list of values"),
+                ));
             };
             if a.is_empty() || a.len() > MAX_IN {
                 return Err(err(&vpath, "invalid_value", "give 1 to 1000 values"));
@@ -399,7 +406,11 @@ fn op_of(
                 .enumerate()
                 .map(|(i, v)| operand(v, kind, &format!("{vpath}[{i}]")))
                 .collect::<Result<Vec<_>, _>>()?;
-            if name == "in" { Op::In(os) } else { Op::NotIn(os) }
+            if name == "in" {
+                Op::In(os)
+            } else {
+                Op::NotIn(os)
+            }
         }
         "contains" => Op::Contains(text(value)?),
         "not_contains" => Op::NotContains(text(value)?),
@@ -407,9 +418,17 @@ fn op_of(
         "ends_with" => Op::EndsWith(text(value)?),
         "exists" | "not_exists" => {
             if value.is_some() {
-                return Err(err(&vpath, "unexpected_value", format!("{name} takes no value")));
+                return Err(err(
+                    &vpath,
+                    "unexpected_value",
+                    format!("{name} takes no value"),
+                ));
             }
-            if name == "exists" { Op::Exists } else { Op::NotExists }
+            if name == "exists" {
+                Op::Exists
+            } else {
+                Op::NotExists
+            }
         }
         "gt" | "gte" | "lt" | "lte" => Op::Cmp(Cmp::parse(name).unwrap_or(Cmp::Eq), number(value)?),
         "between" => match value {
@@ -427,9 +446,17 @@ fn op_of(
                 .and_then(Value::as_str)
                 .and_then(parse_instant)
                 .ok_or_else(|| {
-                    err(&vpath, "invalid_value", "expected a date (2026-10-01) or an RFC 3339 time")
+                    err(
+                        &vpath,
+                        "invalid_value",
+                        "expected a date (2026-10-01) or an RFC 3339 time",
+                    )
                 })?;
-            if name == "before" { Op::Before(t) } else { Op::After(t) }
+            if name == "before" {
+                Op::Before(t)
+            } else {
+                Op::After(t)
+            }
         }
         "within_last" | "more_than_ago" | "within_next" => {
             if !allow_relative {
@@ -463,7 +490,11 @@ fn time_test(v: &Value, path: &str) -> Result<Op, ValidationError> {
         ));
     };
     if m.len() != 1 {
-        return Err(err(path, "invalid_value", "give exactly one of before, after, within_last, more_than_ago"));
+        return Err(err(
+            path,
+            "invalid_value",
+            "give exactly one of before, after, within_last, more_than_ago",
+        ));
     }
     let (k, val) = m.iter().next().expect("one entry");
     let mut one = Map::new();
@@ -484,20 +515,32 @@ fn time_test(v: &Value, path: &str) -> Result<Op, ValidationError> {
 
 fn count_of(v: &Value, path: &str) -> Result<(Cmp, u64), ValidationError> {
     let n = |x: &Value, p: &str| {
-        x.as_u64()
-            .filter(|n| *n <= MAX_COUNT)
-            .ok_or_else(|| err(p, "invalid_value", "a count is a whole number from 0 to 1000"))
+        x.as_u64().filter(|n| *n <= MAX_COUNT).ok_or_else(|| {
+            err(
+                p,
+                "invalid_value",
+                "a count is a whole number from 0 to 1000",
+            )
+        })
     };
     match v {
         Value::Number(_) => Ok((Cmp::Gte, n(v, path)?)),
         Value::Object(m) if m.len() == 1 => {
             let (k, x) = m.iter().next().expect("one entry");
             let c = Cmp::parse(k).ok_or_else(|| {
-                err(join(path, k), "invalid_operator", "a count is compared with eq, gt, gte, lt or lte")
+                err(
+                    join(path, k),
+                    "invalid_operator",
+                    "a count is compared with eq, gt, gte, lt or lte",
+                )
             })?;
             Ok((c, n(x, &join(path, k))?))
         }
-        _ => Err(err(path, "invalid_value", "write a count as 3 or {\"gte\": 3}")),
+        _ => Err(err(
+            path,
+            "invalid_value",
+            "write a count as 3 or {\"gte\": 3}",
+        )),
     }
 }
 
@@ -509,29 +552,65 @@ impl Cx<'_> {
 
     fn node(&mut self, v: &Value, path: &str, depth: usize) -> Option<Node> {
         if depth > MAX_DEPTH {
-            return self.fail(err(path, "too_deep", format!("conditions nest at most {MAX_DEPTH} levels deep")));
+            return self.fail(err(
+                path,
+                "too_deep",
+                format!("conditions nest at most {MAX_DEPTH} levels deep"),
+            ));
         }
         self.nodes += 1;
         if self.nodes == MAX_NODES + 1 {
-            return self.fail(err(path, "too_many_conditions", format!("a definition has at most {MAX_NODES} conditions")));
+            return self.fail(err(
+                path,
+                "too_many_conditions",
+                format!("a definition has at most {MAX_NODES} conditions"),
+            ));
         } else if self.nodes > MAX_NODES {
             return None;
         }
         let Value::Object(m) = v else {
-            return self.fail(err(path, "invalid_condition", format!("a condition is a JSON object with one of the keys {}", KINDS.join(", "))));
+            return self.fail(err(
+                path,
+                "invalid_condition",
+                format!(
+                    "a condition is a JSON object with one of the keys {}",
+                    KINDS.join(", ")
+                ),
+            ));
         };
-        let kinds: Vec<&str> = KINDS.iter().copied().filter(|k| m.contains_key(*k)).collect();
+        let kinds: Vec<&str> = KINDS
+            .iter()
+            .copied()
+            .filter(|k| m.contains_key(*k))
+            .collect();
         let kind = match kinds.as_slice() {
             [k] => *k,
             [] => {
-                return self.fail(err(path, "invalid_condition", format!("a condition needs one of the keys {}", KINDS.join(", "))));
+                return self.fail(err(
+                    path,
+                    "invalid_condition",
+                    format!("a condition needs one of the keys {}", KINDS.join(", ")),
+                ));
             }
             several => {
-                return self.fail(err(path, "invalid_condition", format!("a condition has exactly one kind, not {}", several.join(" and "))));
+                return self.fail(err(
+                    path,
+                    "invalid_condition",
+                    format!(
+                        "a condition has exactly one kind, not {}",
+                        several.join(" and ")
+                    ),
+                ));
             }
         };
-        if self.allow == Allow::AttributesOnly && !["all", "any", "not", "attribute"].contains(&kind) {
-            return self.fail(err(join(path, kind), "not_allowed_here", "only attribute conditions (with all, any, not) are allowed here"));
+        if self.allow == Allow::AttributesOnly
+            && !["all", "any", "not", "attribute"].contains(&kind)
+        {
+            return self.fail(err(
+                join(path, kind),
+                "not_allowed_here",
+                "only attribute conditions (with all, any, not) are allowed here",
+            ));
         }
         let extra: &[&str] = match kind {
             "all" | "any" | "not" | "list" | "segment" | "sales_cycle" => &[],
@@ -543,18 +622,33 @@ impl Cx<'_> {
             "consent" => &["subscription_type", "status"],
             _ => &[],
         };
-        if let Some(k) = m.keys().find(|k| *k != kind && !extra.contains(&k.as_str())) {
-            return self.fail(err(join(path, k), "unknown_key", format!("unknown key {k:?} in a {kind} condition")));
+        if let Some(k) = m
+            .keys()
+            .find(|k| *k != kind && !extra.contains(&k.as_str()))
+        {
+            return self.fail(err(
+                join(path, k),
+                "unknown_key",
+                format!("unknown key {k:?} in a {kind} condition"),
+            ));
         }
         let here = join(path, kind);
         let val = &m[kind];
         match kind {
             "all" | "any" => {
                 let Value::Array(items) = val else {
-                    return self.fail(err(here, "invalid_condition", format!("{kind} takes a list of conditions")));
+                    return self.fail(err(
+                        here,
+                        "invalid_condition",
+                        format!("{kind} takes a list of conditions"),
+                    ));
                 };
                 if items.is_empty() {
-                    return self.fail(err(here, "invalid_condition", format!("{kind} needs at least one condition")));
+                    return self.fail(err(
+                        here,
+                        "invalid_condition",
+                        format!("{kind} needs at least one condition"),
+                    ));
                 }
                 let mut out = Vec::with_capacity(items.len());
                 let mut ok = true;
@@ -564,12 +658,24 @@ impl Cx<'_> {
                         None => ok = false,
                     }
                 }
-                ok.then(|| if kind == "all" { Node::All(out) } else { Node::Any(out) })
+                ok.then(|| {
+                    if kind == "all" {
+                        Node::All(out)
+                    } else {
+                        Node::Any(out)
+                    }
+                })
             }
-            "not" => self.node(val, &here, depth + 1).map(|n| Node::Not(Box::new(n))),
+            "not" => self
+                .node(val, &here, depth + 1)
+                .map(|n| Node::Not(Box::new(n))),
             "attribute" => {
                 let Value::String(name) = val else {
-                    return self.fail(err(here, "invalid_attribute", "attribute is a name, e.g. \"job_title\""));
+                    return self.fail(err(
+                        here,
+                        "invalid_attribute",
+                        "attribute is a name, e.g. \"job_title\"",
+                    ));
                 };
                 let r = self.r;
                 let attr = match Attribute::parse(name.trim(), |f| r.custom_field(f)) {
@@ -588,34 +694,83 @@ impl Cx<'_> {
                     None => ScorePart::Total,
                     Some(Value::String(s)) => match s.parse() {
                         Ok(p) => p,
-                        Err(msg) => return self.fail(err(join(path, "part"), "invalid_value", msg)),
+                        Err(msg) => {
+                            return self.fail(err(join(path, "part"), "invalid_value", msg));
+                        }
                     },
-                    Some(_) => return self.fail(err(join(path, "part"), "invalid_value", "part is total, behaviour or fit")),
+                    Some(_) => {
+                        return self.fail(err(
+                            join(path, "part"),
+                            "invalid_value",
+                            "part is total, behaviour or fit",
+                        ));
+                    }
                 };
-                let cmp = match m.get("op").and_then(Value::as_str).map(op_name).and_then(Cmp::parse) {
+                let cmp = match m
+                    .get("op")
+                    .and_then(Value::as_str)
+                    .map(op_name)
+                    .and_then(Cmp::parse)
+                {
                     Some(c) => c,
-                    None => return self.fail(err(join(path, "op"), "invalid_operator", "compare a score with eq, gt, gte, lt or lte")),
+                    None => {
+                        return self.fail(err(
+                            join(path, "op"),
+                            "invalid_operator",
+                            "compare a score with eq, gt, gte, lt or lte",
+                        ));
+                    }
                 };
                 match m.get("value").and_then(Value::as_f64) {
-                    Some(value) => Some(Node::Score { model, part, cmp, value }),
-                    None => self.fail(err(join(path, "value"), "invalid_value", "a score is compared with a number")),
+                    Some(value) => Some(Node::Score {
+                        model,
+                        part,
+                        cmp,
+                        value,
+                    }),
+                    None => self.fail(err(
+                        join(path, "value"),
+                        "invalid_value",
+                        "a score is compared with a number",
+                    )),
                 }
             }
             "grade" => {
                 let model = self.model_ref(val, &here)?;
-                let op = m.get("op").and_then(Value::as_str).map(op_name).unwrap_or("eq");
+                let op = m
+                    .get("op")
+                    .and_then(Value::as_str)
+                    .map(op_name)
+                    .unwrap_or("eq");
                 let vpath = join(path, "value");
                 let grade = |v: &Value| v.as_str().and_then(|s| s.parse::<Grade>().ok());
                 let allowed: Vec<Grade> = match op {
                     "in" | "not_in" => {
-                        let Some(list) = m.get("value").and_then(Value::as_array).map(|a| a.iter().map(grade).collect::<Option<Vec<_>>>()).and_then(|x| x).filter(|l| !l.is_empty()) else {
-                            return self.fail(err(vpath, "invalid_value", "give a list of grades, e.g. [\"A\", \"B\"]"));
+                        let Some(list) = m
+                            .get("value")
+                            .and_then(Value::as_array)
+                            .map(|a| a.iter().map(grade).collect::<Option<Vec<_>>>())
+                            .and_then(|x| x)
+                            .filter(|l| !l.is_empty())
+                        else {
+                            return self.fail(err(
+                                vpath,
+                                "invalid_value",
+                                "give a list of grades, e.g. [\"A\", \"B\"]",
+                            ));
                         };
-                        Grade::ALL.into_iter().filter(|g| list.contains(g) == (op == "in")).collect()
+                        Grade::ALL
+                            .into_iter()
+                            .filter(|g| list.contains(g) == (op == "in"))
+                            .collect()
                     }
                     "eq" | "ne" | "gt" | "gte" | "lt" | "lte" => {
                         let Some(g) = m.get("value").and_then(grade) else {
-                            return self.fail(err(vpath, "invalid_value", "a grade is A, B, C or D"));
+                            return self.fail(err(
+                                vpath,
+                                "invalid_value",
+                                "a grade is A, B, C or D",
+                            ));
                         };
                         Grade::ALL
                             .into_iter()
@@ -629,7 +784,13 @@ impl Cx<'_> {
                             })
                             .collect()
                     }
-                    _ => return self.fail(err(join(path, "op"), "invalid_operator", "compare a grade with eq, ne, gt, gte, lt, lte, in or not_in")),
+                    _ => {
+                        return self.fail(err(
+                            join(path, "op"),
+                            "invalid_operator",
+                            "compare a grade with eq, ne, gt, gte, lt, lte, in or not_in",
+                        ));
+                    }
                 };
                 Some(Node::Grade { model, allowed })
             }
@@ -644,28 +805,62 @@ impl Cx<'_> {
             }
             "segment" => {
                 let Some(s) = val.as_str() else {
-                    return self.fail(err(here, "invalid_value", "name the segment (or give its id)"));
+                    return self.fail(err(
+                        here,
+                        "invalid_value",
+                        "name the segment (or give its id)",
+                    ));
                 };
                 match self.r.segment(s.trim()) {
                     Some(id) => Some(Node::Segment(id)),
-                    None => self.fail(err(here, "unknown_segment", format!("there is no segment {s:?}"))),
+                    None => self.fail(err(
+                        here,
+                        "unknown_segment",
+                        format!("there is no segment {s:?}"),
+                    )),
                 }
             }
             "consent" => {
                 let channel = match val.as_str().map(|s| s.trim().to_lowercase()) {
-                    Some(c) if !c.is_empty() && c.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') => c,
-                    _ => return self.fail(err(here, "invalid_value", "name the channel, e.g. \"email\"")),
+                    Some(c)
+                        if !c.is_empty()
+                            && c.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+                    {
+                        c
+                    }
+                    _ => {
+                        return self.fail(err(
+                            here,
+                            "invalid_value",
+                            "name the channel, e.g. \"email\"",
+                        ));
+                    }
                 };
                 let key = match m.get("subscription_type") {
                     None => channel,
-                    Some(Value::String(t)) if !t.trim().is_empty() => format!("{channel}:{}", t.trim().to_lowercase()),
-                    Some(_) => return self.fail(err(join(path, "subscription_type"), "invalid_value", "a subscription type is a name")),
+                    Some(Value::String(t)) if !t.trim().is_empty() => {
+                        format!("{channel}:{}", t.trim().to_lowercase())
+                    }
+                    Some(_) => {
+                        return self.fail(err(
+                            join(path, "subscription_type"),
+                            "invalid_value",
+                            "a subscription type is a name",
+                        ));
+                    }
                 };
                 let status = match m.get("status").and_then(Value::as_str) {
                     None | Some("granted") => ConsentStatus::Granted,
                     Some("withdrawn") => ConsentStatus::Withdrawn,
                     Some("unknown") => ConsentStatus::Unknown,
-                    Some(_) => return self.fail(err(join(path, "status"), "invalid_value", "status is granted, withdrawn or unknown")),
+                    Some(_) => {
+                        return self.fail(err(
+                            join(path, "status"),
+                            "invalid_value",
+                            "status is granted, withdrawn or unknown",
+                        ));
+                    }
                 };
                 Some(Node::Consent { key, status })
             }
@@ -679,13 +874,21 @@ impl Cx<'_> {
 
     fn model_ref(&mut self, v: &Value, path: &str) -> Option<uuid::Uuid> {
         let Some(s) = v.as_str() else {
-            self.errs.push(err(path, "invalid_value", "name the scoring model (or give its id)"));
+            self.errs.push(err(
+                path,
+                "invalid_value",
+                "name the scoring model (or give its id)",
+            ));
             return None;
         };
         match self.r.scoring_model(s.trim()) {
             Some(id) => Some(id),
             None => {
-                self.errs.push(err(path, "unknown_scoring_model", format!("there is no scoring model {s:?}")));
+                self.errs.push(err(
+                    path,
+                    "unknown_scoring_model",
+                    format!("there is no scoring model {s:?}"),
+                ));
                 None
             }
         }
@@ -695,9 +898,17 @@ impl Cx<'_> {
         let mut matcher = if kind == "email" {
             let what = m[kind].as_str().map(str::trim).unwrap_or("");
             if !EMAIL_EVENTS.contains(&what) {
-                return self.fail(err(join(path, kind), "invalid_value", format!("email engagement is one of: {}", EMAIL_EVENTS.join(", "))));
+                return self.fail(err(
+                    join(path, kind),
+                    "invalid_value",
+                    format!("email engagement is one of: {}", EMAIL_EVENTS.join(", ")),
+                ));
             }
-            let t = if what == "any" { "email.*".to_string() } else { format!("email.{what}") };
+            let t = if what == "any" {
+                "email.*".to_string()
+            } else {
+                format!("email.{what}")
+            };
             match matcher(&Value::String(t), m.get("where"), path) {
                 Ok(mt) => mt,
                 Err(e) => {
@@ -721,7 +932,13 @@ impl Cx<'_> {
                     op: Op::Ne(Operand::Bool(true)),
                 }),
                 Some(Value::Bool(true)) => {}
-                Some(_) => return self.fail(err(join(path, "include_machine"), "invalid_value", "include_machine is true or false")),
+                Some(_) => {
+                    return self.fail(err(
+                        join(path, "include_machine"),
+                        "invalid_value",
+                        "include_machine is true or false",
+                    ));
+                }
             }
         }
         let count = match m.get("count") {
@@ -737,7 +954,13 @@ impl Cx<'_> {
                 Ok(s) => Some(s),
                 Err(msg) => return self.fail(err(join(path, "within"), "invalid_value", msg)),
             },
-            Some(_) => return self.fail(err(join(path, "within"), "invalid_value", "within is a duration such as \"14d\"")),
+            Some(_) => {
+                return self.fail(err(
+                    join(path, "within"),
+                    "invalid_value",
+                    "within is a duration such as \"14d\"",
+                ));
+            }
         };
         let mut times = [None, None];
         for (i, k) in ["first", "last"].into_iter().enumerate() {

@@ -108,8 +108,10 @@ fn errors(def: serde_json::Value) -> Vec<(String, &'static str)> {
 #[test]
 fn bad_nodes_are_named_by_path() {
     assert_eq!(
-        errors(json!({"all": [{"attribute": "job_title", "op": "contains", "value": "部長"},
-                               {"any": [{"attribute": "nope", "op": "eq", "value": 1}]}]})),
+        errors(
+            json!({"all": [{"attribute": "job_title", "op": "contains", "value": "部長"},
+                               {"any": [{"attribute": "nope", "op": "eq", "value": 1}]}]})
+        ),
         vec![("filter.all[1].any[0].attribute".into(), "unknown_attribute")]
     );
     assert_eq!(
@@ -121,11 +123,15 @@ fn bad_nodes_are_named_by_path() {
         vec![("filter.not.count.gte".into(), "invalid_value")]
     );
     assert_eq!(
-        errors(json!({"event": "page.viewed", "where": [{"property": "path", "op": "within_last", "value": "3d"}]})),
+        errors(
+            json!({"event": "page.viewed", "where": [{"property": "path", "op": "within_last", "value": "3d"}]})
+        ),
         vec![("filter.where[0].op".into(), "invalid_operator")]
     );
     assert_eq!(
-        errors(json!({"all": [{"list": "Unknown list"}, {"segment": "Nope"}, {"grade": "m", "op": "gte", "value": "B"}]})),
+        errors(
+            json!({"all": [{"list": "Unknown list"}, {"segment": "Nope"}, {"grade": "m", "op": "gte", "value": "B"}]})
+        ),
         vec![
             ("filter.all[0].list".into(), "unknown_list"),
             ("filter.all[1].segment".into(), "unknown_segment"),
@@ -156,7 +162,10 @@ fn bad_nodes_are_named_by_path() {
         errors(json!({"attribute": "custom.unknown", "op": "exists"})),
         vec![("filter.attribute".into(), "unknown_attribute")]
     );
-    assert_eq!(errors(json!([1])), vec![("filter".into(), "invalid_condition")]);
+    assert_eq!(
+        errors(json!([1])),
+        vec![("filter".into(), "invalid_condition")]
+    );
 }
 
 #[test]
@@ -179,24 +188,49 @@ fn attributes_of_contact_and_company() {
         ..Default::default()
     };
     let yes = |def| compile(&def, &R, "").unwrap().eval(&f, 0).value;
-    assert!(yes(json!({"attribute": "job_level", "op": "gte", "value": "manager"})));
-    assert!(!yes(json!({"attribute": "job_level", "op": "gte", "value": "director"})));
-    assert!(yes(json!({"attribute": "company.employee_count", "op": "between", "value": [100, 299]})));
-    assert!(yes(json!({"attribute": "company.industry", "op": "in", "value": ["製造業", "金融業"]})));
-    assert!(yes(json!({"attribute": "email_domain", "op": "eq", "value": "YAMADA.co.jp"})));
-    assert!(yes(json!({"attribute": "custom.budget", "op": "gt", "value": 1000000})));
-    assert!(yes(json!({"attribute": "lifecycle_stage", "op": "eq", "value": "lead"})));
+    assert!(yes(
+        json!({"attribute": "job_level", "op": "gte", "value": "manager"})
+    ));
+    assert!(!yes(
+        json!({"attribute": "job_level", "op": "gte", "value": "director"})
+    ));
+    assert!(yes(
+        json!({"attribute": "company.employee_count", "op": "between", "value": [100, 299]})
+    ));
+    assert!(yes(
+        json!({"attribute": "company.industry", "op": "in", "value": ["製造業", "金融業"]})
+    ));
+    assert!(yes(
+        json!({"attribute": "email_domain", "op": "eq", "value": "YAMADA.co.jp"})
+    ));
+    assert!(yes(
+        json!({"attribute": "custom.budget", "op": "gt", "value": 1000000})
+    ));
+    assert!(yes(
+        json!({"attribute": "lifecycle_stage", "op": "eq", "value": "lead"})
+    ));
     assert!(yes(json!({"not": {"attribute": "phone", "op": "exists"}})));
-    assert!(yes(json!({"any": [{"attribute": "job_title", "op": "starts_with", "value": "x"},
+    assert!(yes(
+        json!({"any": [{"attribute": "job_title", "op": "starts_with", "value": "x"},
                                 {"all": [{"attribute": "job_title", "op": "contains", "value": "部長"},
-                                         {"not": {"attribute": "company.industry", "op": "eq", "value": "小売業"}}]}]})));
+                                         {"not": {"attribute": "company.industry", "op": "eq", "value": "小売業"}}]}]})
+    ));
     let mut c = contact();
     c.lifecycle_stage = LifecycleStage::Mql;
     let f2 = F {
         contact: Some(c),
         ..Default::default()
     };
-    assert!(!compile(&json!({"attribute": "company.industry", "op": "exists"}), &R, "").unwrap().eval(&f2, 0).value);
+    assert!(
+        !compile(
+            &json!({"attribute": "company.industry", "op": "exists"}),
+            &R,
+            ""
+        )
+        .unwrap()
+        .eval(&f2, 0)
+        .value
+    );
 }
 
 #[test]
@@ -205,8 +239,16 @@ fn relative_dates_give_timers() {
         contact: Some(contact()),
         ..Default::default()
     };
-    let renewal = Utc.with_ymd_and_hms(2026, 12, 31, 0, 0, 0).unwrap().timestamp_micros();
-    let flt = compile(&json!({"attribute": "custom.renewal_on", "op": "within_next", "value": "90d"}), &R, "").unwrap();
+    let renewal = Utc
+        .with_ymd_and_hms(2026, 12, 31, 0, 0, 0)
+        .unwrap()
+        .timestamp_micros();
+    let flt = compile(
+        &json!({"attribute": "custom.renewal_on", "op": "within_next", "value": "90d"}),
+        &R,
+        "",
+    )
+    .unwrap();
     assert!(flt.deps.time);
     let o = flt.eval(&f, renewal - 100 * DAY);
     assert!(!o.value);
@@ -252,7 +294,12 @@ fn windows_slide_out_at_the_instant_the_timer_names() {
 
 #[test]
 fn counts_without_window_and_first_last() {
-    let flt = compile(&json!({"event": ["webinar.attended", "seminar.attended"], "last": {"within_last": "30d"}}), &R, "").unwrap();
+    let flt = compile(
+        &json!({"event": ["webinar.attended", "seminar.attended"], "last": {"within_last": "30d"}}),
+        &R,
+        "",
+    )
+    .unwrap();
     assert_eq!(flt.features[0].keep, 0);
     let mut st = FeatureState::default();
     st.record(5 * DAY, 0);
@@ -265,7 +312,12 @@ fn counts_without_window_and_first_last() {
     let o = flt.eval(&f, 6 * DAY);
     assert!(o.value);
     assert_eq!(o.until, Some(35 * DAY + 1));
-    let never = compile(&json!({"event": "webinar.attended", "count": {"eq": 0}}), &R, "").unwrap();
+    let never = compile(
+        &json!({"event": "webinar.attended", "count": {"eq": 0}}),
+        &R,
+        "",
+    )
+    .unwrap();
     assert!(never.eval(&f, 0).value, "no webinar.attended state yet");
     let mut w = FeatureState::default();
     w.record(DAY, 0);
@@ -280,7 +332,11 @@ fn email_engagement_leaves_machine_opens_out() {
     assert!(m.matches("email.opened", &json!({"template": "welcome"})));
     assert!(!m.matches("email.opened", &json!({"machine": true})));
     let all = compile(&json!({"email": "opened", "include_machine": true}), &R, "").unwrap();
-    assert!(all.features[0].matcher.matches("email.opened", &json!({"machine": true})));
+    assert!(
+        all.features[0]
+            .matcher
+            .matches("email.opened", &json!({"machine": true}))
+    );
 }
 
 #[test]
@@ -341,6 +397,14 @@ fn deps_say_what_is_read() {
 fn fit_rules_take_attributes_only() {
     let e = compile_attributes(&json!({"event": "x"}), &R, "fit[0].when").unwrap_err();
     assert_eq!(e.0[0].field, "fit[0].when.event");
-    let e = compile_attributes(&json!({"attribute": "created_at", "op": "within_last", "value": "3d"}), &R, "w").unwrap_err();
-    assert_eq!((e.0[0].field.as_str(), e.0[0].code), ("w.op", "invalid_operator"));
+    let e = compile_attributes(
+        &json!({"attribute": "created_at", "op": "within_last", "value": "3d"}),
+        &R,
+        "w",
+    )
+    .unwrap_err();
+    assert_eq!(
+        (e.0[0].field.as_str(), e.0[0].code),
+        ("w.op", "invalid_operator")
+    );
 }

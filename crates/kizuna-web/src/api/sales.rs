@@ -170,7 +170,11 @@ async fn handoffs(
     }
     Ok(axum::Json(
         s.store
-            .handoffs(p.status.as_deref(), cursor(&p.cursor)?, clamp_limit(p.limit))
+            .handoffs(
+                p.status.as_deref(),
+                cursor(&p.cursor)?,
+                clamp_limit(p.limit),
+            )
             .await?,
     ))
 }

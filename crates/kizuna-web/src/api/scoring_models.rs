@@ -23,7 +23,10 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/scoring-models", get(list).post(create))
         .route("/scoring-models/what-if", post(what_if))
-        .route("/scoring-models/{id}", get(read).put(replace).delete(remove))
+        .route(
+            "/scoring-models/{id}",
+            get(read).put(replace).delete(remove),
+        )
 }
 
 #[derive(Serialize)]

@@ -193,10 +193,7 @@ async fn members(
         .map_err(|e| not_found(e, "segment"))?;
     let limit = clamp_limit(p.limit);
     let after = cursor(&p.cursor)?.map(|c| c.id);
-    let rows = s
-        .store
-        .segment_members_page(id, after, limit + 1)
-        .await?;
+    let rows = s.store.segment_members_page(id, after, limit + 1).await?;
     let more = rows.len() > limit as usize;
     let data: Vec<Member> = rows
         .into_iter()
@@ -207,7 +204,13 @@ async fn members(
         })
         .collect();
     let next = if more {
-        data.last().map(|m| Cursor { key: 0, id: m.contact.id }.encode())
+        data.last().map(|m| {
+            Cursor {
+                key: 0,
+                id: m.contact.id,
+            }
+            .encode()
+        })
     } else {
         None
     };

@@ -119,7 +119,10 @@ async fn create(
         created_at: s.clock.now(),
         completed_at: None,
     };
-    Ok((StatusCode::CREATED, axum::Json(s.store.create_task(&t).await?)))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(s.store.create_task(&t).await?),
+    ))
 }
 
 async fn read(
