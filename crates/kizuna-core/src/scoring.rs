@@ -308,7 +308,7 @@ pub fn compile(
             inner
                 .strip_prefix("unknown field `")
                 .and_then(|r| r.split('`').next())
-                .map(|f| at(f))
+                .map(&at)
                 .unwrap_or_else(|| at(""))
         } else {
             at(&path)

@@ -202,7 +202,7 @@ async fn write_features(
             )
         })
         .collect();
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.sort_by_key(|a| a.0);
     for chunk in rows.chunks(5000) {
         let mut tx = store.db().begin().await?;
         match es::upsert_features(&mut tx, chunk).await {

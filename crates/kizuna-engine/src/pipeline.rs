@@ -178,11 +178,9 @@ pub fn record(defs: &Definitions, cs: &mut ContactState, e: &LogEvent, ch: &mut 
             }
             ch.consent = true;
         }
-        "handoff.created" | "handoff.accepted" => {
-            if !cs.in_sales() {
-                cs.set_sales(true, e.occurred_at);
-                ch.sales = true;
-            }
+        "handoff.created" | "handoff.accepted" if !cs.in_sales() => {
+            cs.set_sales(true, e.occurred_at);
+            ch.sales = true;
         }
         "handoff.rejected" | "handoff.closed" => {
             if cs.in_sales() {

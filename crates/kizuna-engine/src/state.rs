@@ -20,6 +20,9 @@ pub const SALES_KEY: &str = "s";
 /// Prefix of consent feature keys (`c:email`, `c:email:newsletter`).
 pub const CONSENT_PREFIX: &str = "c:";
 
+/// A feature row to write: (contact, key, state JSON).
+pub type FeatureRow = (Uuid, String, String);
+
 /// Stored form of a flag (consent, sales cycle).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Flag {
@@ -128,7 +131,7 @@ impl ContactState {
 
     /// The rows to write for changed features: (contact, key, state JSON), and the keys whose
     /// rows go (state forgotten by a rebuild).
-    pub fn feature_rows(&self) -> (Vec<(Uuid, String, String)>, Vec<(Uuid, String)>) {
+    pub fn feature_rows(&self) -> (Vec<FeatureRow>, Vec<(Uuid, String)>) {
         let id = self.contact.id;
         let mut gone = Vec::new();
         let rows = self
