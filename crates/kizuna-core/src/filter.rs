@@ -266,7 +266,27 @@ fn collect(n: &Node, d: &mut Deps, f: &mut Vec<FeatureDef>) {
     }
 }
 
+fn remap(n: &mut Node, f: &dyn Fn(&FeatureDef) -> FeatureDef) {
+    match n {
+        Node::All(xs) | Node::Any(xs) => xs.iter_mut().for_each(|x| remap(x, f)),
+        Node::Not(x) => remap(x, f),
+        Node::Event(e) => e.feature = f(&e.feature),
+        _ => {}
+    }
+}
+
 impl Filter {
+    /// Replaces every feature the filter reads (e.g. to share one feature, kept deep enough
+    /// for all, between conditions with the same matcher); deps and features follow.
+    pub fn remap_features(&mut self, f: &dyn Fn(&FeatureDef) -> FeatureDef) {
+        remap(&mut self.root, f);
+        let mut deps = Deps::default();
+        let mut features = Vec::new();
+        collect(&self.root, &mut deps, &mut features);
+        self.deps = deps;
+        self.features = features;
+    }
+
     /// Evaluates for one contact at `now` (µs).
     pub fn eval(&self, facts: &dyn Facts, now: i64) -> Outcome {
         eval::eval(&self.root, facts, now)

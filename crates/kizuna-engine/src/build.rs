@@ -694,8 +694,16 @@ pub async fn preview(
     sample: usize,
 ) -> Result<Preview, EngineError> {
     let names = Names::load(store).await?;
-    let f = filter::compile(filter_def, &names, "filter")?;
+    let mut f = filter::compile(filter_def, &names, "filter")?;
     let defs = Arc::new(definitions::load(store).await?);
+    // Read the features saved segments keep when they are deep enough.
+    f.remap_features(&|fd| {
+        defs.features
+            .iter()
+            .find(|x| x.matcher == fd.matcher && x.keep >= fd.keep)
+            .cloned()
+            .unwrap_or_else(|| fd.clone())
+    });
     let now = micros(clock.now());
     let built = built_features(store).await?;
     let missing: Vec<FeatureDef> = f

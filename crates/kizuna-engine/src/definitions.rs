@@ -299,11 +299,29 @@ pub async fn load(store: &Store) -> Result<Definitions, EngineError> {
             topo(&rest).unwrap_or_default()
         }
     };
+    // Conditions with the same matcher share one feature, keeping as many recent times as the
+    // deepest of them needs.
+    let mut deepest: HashMap<String, usize> = HashMap::new();
+    for (_, f) in compiled.values() {
+        for fd in &f.features {
+            let base = FeatureDef::new(fd.matcher.clone(), 0).key;
+            let k = deepest.entry(base).or_default();
+            *k = (*k).max(fd.keep);
+        }
+    }
+    let share = |fd: &FeatureDef| {
+        let base = FeatureDef::new(fd.matcher.clone(), 0).key;
+        FeatureDef::new(
+            fd.matcher.clone(),
+            deepest.get(&base).copied().unwrap_or(fd.keep),
+        )
+    };
     let mut feature_pos: HashMap<String, usize> = HashMap::new();
     for id in order {
-        let Some((s, f)) = compiled.remove(&id) else {
+        let Some((s, mut f)) = compiled.remove(&id) else {
             continue;
         };
+        f.remap_features(&share);
         let mut idx = Vec::new();
         for fd in &f.features {
             let i = *feature_pos.entry(fd.key.clone()).or_insert_with(|| {

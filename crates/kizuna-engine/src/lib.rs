@@ -88,6 +88,10 @@ pub struct EngineConfig {
     pub idle_poll: Duration,
     /// Lease length (renewed every turn).
     pub lease: chrono::Duration,
+    /// Contacts whose state is kept in memory between batches (the engine is the only writer
+    /// of its state while it holds the lease; profiles are re-read when an event says they
+    /// changed).
+    pub cache_contacts: usize,
     /// Test hook: fail with [`EngineError::InjectedCrash`] before committing the n-th batch.
     pub crash_before_commit: Option<u64>,
 }
@@ -101,6 +105,7 @@ impl Default for EngineConfig {
             timer_batch: 2000,
             idle_poll: Duration::from_millis(5),
             lease: chrono::Duration::seconds(30),
+            cache_contacts: 200_000,
             crash_before_commit: None,
         }
     }

@@ -5,7 +5,7 @@
 
 use crate::definitions::{self, Definitions};
 use crate::pipeline::{self, Cause, ENGINE_SOURCE, Effects};
-use crate::state::{ContactState, Load, load_states};
+use crate::state::{ContactState, Load, load_states, refresh_profiles};
 use crate::{Engine, EngineConfig, EngineError, build, sales};
 use kizuna_core::clock::SharedClock;
 use kizuna_core::time::micros;
@@ -56,6 +56,46 @@ pub(crate) struct Inner {
     commits: AtomicU64,
     wake: Notify,
     pub(crate) outbox: Arc<Notify>,
+    cache: std::sync::Mutex<Cache>,
+}
+
+/// Contact states kept between batches, least recently used evicted.
+#[derive(Default)]
+struct Cache {
+    version: i64,
+    tick: u64,
+    map: HashMap<Uuid, (ContactState, u64)>,
+}
+
+impl Cache {
+    fn take(&mut self, version: i64, ids: &[Uuid]) -> HashMap<Uuid, ContactState> {
+        if version != self.version {
+            self.map.clear();
+            self.version = version;
+        }
+        ids.iter()
+            .filter_map(|id| self.map.remove(id).map(|(s, _)| (*id, s)))
+            .collect()
+    }
+
+    fn put(&mut self, version: i64, states: HashMap<Uuid, ContactState>, cap: usize) {
+        if version != self.version || cap == 0 {
+            return;
+        }
+        self.tick += 1;
+        for (id, mut s) in states {
+            s.settled();
+            self.map.insert(id, (s, self.tick));
+        }
+        if self.map.len() > cap + cap / 4 {
+            let mut ages: Vec<(u64, Uuid)> =
+                self.map.iter().map(|(id, (_, t))| (*t, *id)).collect();
+            ages.sort_unstable();
+            for (_, id) in ages.into_iter().take(self.map.len() - cap) {
+                self.map.remove(&id);
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -70,6 +110,7 @@ impl Inner {
             commits: AtomicU64::new(0),
             wake: Notify::new(),
             outbox: Arc::new(Notify::new()),
+            cache: std::sync::Mutex::new(Cache::default()),
         }
     }
 }
@@ -115,8 +156,9 @@ impl Engine {
         {
             *until = now + lease;
             if !held_before {
-                // (Re)gained: start from the stored checkpoint.
+                // (Re)gained: start from the stored checkpoint, with nothing cached.
                 *self.inner.position.lock().await = None;
+                self.forget_cache();
             }
             Ok(())
         } else {
@@ -153,11 +195,75 @@ impl Engine {
         }
         let fresh = Arc::new(definitions::load(&self.inner.store).await?);
         *d = Some(fresh.clone());
+        self.forget_cache();
         Ok(fresh)
     }
 
     pub(crate) async fn forget_definitions(&self) {
         *self.inner.defs.lock().await = None;
+        self.forget_cache();
+    }
+
+    pub(crate) fn forget_cache(&self) {
+        let mut c = self.inner.cache.lock().expect("cache lock");
+        c.map.clear();
+        c.version = -1;
+    }
+
+    /// States of contacts: from the cache when kept, else from the store; profiles re-read
+    /// for `stale`.
+    async fn states(
+        &self,
+        defs: &Arc<Definitions>,
+        ids: &[Uuid],
+        stale: &HashSet<Uuid>,
+        now: i64,
+    ) -> Result<HashMap<Uuid, ContactState>, EngineError> {
+        let mut states = self
+            .inner
+            .cache
+            .lock()
+            .expect("cache lock")
+            .take(defs.version, ids);
+        let refresh: Vec<Uuid> = states
+            .keys()
+            .filter(|id| stale.contains(id))
+            .copied()
+            .collect();
+        refresh_profiles(&self.inner.store, &mut states, &refresh, defs.uses_lists).await?;
+        let missing: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !states.contains_key(id))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            states.extend(
+                load_states(
+                    &self.inner.store,
+                    defs,
+                    &missing,
+                    now,
+                    Load {
+                        members: true,
+                        lists: defs.uses_lists,
+                        timers: true,
+                    },
+                )
+                .await?,
+            );
+        }
+        for cs in states.values_mut() {
+            cs.now = now;
+        }
+        Ok(states)
+    }
+
+    fn keep(&self, defs: &Definitions, states: HashMap<Uuid, ContactState>) {
+        self.inner.cache.lock().expect("cache lock").put(
+            defs.version,
+            states,
+            self.inner.config.cache_contacts,
+        );
     }
 
     /// One turn: definitions, one batch of events, one batch of due timers.
@@ -206,6 +312,7 @@ impl Engine {
                 Err(e) => {
                     tracing::error!(error = %e, "engine turn failed; retrying from the checkpoint");
                     *self.inner.position.lock().await = None;
+                    self.forget_cache();
                     Some(std::time::Duration::from_secs(1))
                 }
             };
@@ -255,11 +362,21 @@ impl Engine {
         let last = next.position;
         let mut ids: Vec<Uuid> = Vec::new();
         let mut rebuild: Vec<Uuid> = Vec::new();
+        let mut stale: HashSet<Uuid> = HashSet::new();
         for e in &events {
             if e.source == ENGINE_SOURCE {
                 continue;
             }
             ids.push(e.contact_id);
+            let t = e.event_type.as_str();
+            if t.starts_with("contact.")
+                || t.starts_with("company.")
+                || t.starts_with("list.")
+                || t == "stage.changed"
+                || t == "temperature.changed"
+            {
+                stale.insert(e.contact_id);
+            }
             match e.event_type.as_str() {
                 "contact.merged" => rebuild.push(e.contact_id),
                 "contact.merge_undone" => {
@@ -272,6 +389,7 @@ impl Engine {
                     {
                         rebuild.push(r);
                         ids.push(r);
+                        stale.insert(r);
                     }
                 }
                 _ => {}
@@ -281,18 +399,7 @@ impl Engine {
         ids.dedup();
         rebuild.sort();
         rebuild.dedup();
-        let mut states = load_states(
-            store,
-            defs,
-            &ids,
-            now,
-            Load {
-                members: true,
-                lists: defs.uses_lists,
-                timers: true,
-            },
-        )
-        .await?;
+        let mut states = self.states(defs, &ids, &stale, now).await?;
         let mut out = Effects {
             rr_last: self.round_robin_last().await?,
             ..Default::default()
@@ -317,7 +424,8 @@ impl Engine {
                 pipeline::rebuild(defs, cs, &log, &cause, &mut out);
             }
         }
-        self.commit(defs, states, out, Some(next), now).await?;
+        let states = self.commit(defs, states, out, Some(next), now).await?;
+        self.keep(defs, states);
         Ok(events.len())
     }
 
@@ -332,18 +440,7 @@ impl Engine {
             return Ok(0);
         }
         let ids: Vec<Uuid> = due.iter().map(|d| d.0).collect();
-        let mut states = load_states(
-            store,
-            defs,
-            &ids,
-            now,
-            Load {
-                members: true,
-                lists: defs.uses_lists,
-                timers: true,
-            },
-        )
-        .await?;
+        let mut states = self.states(defs, &ids, &HashSet::new(), now).await?;
         let mut out = Effects {
             rr_last: self.round_robin_last().await?,
             ..Default::default()
@@ -353,7 +450,8 @@ impl Engine {
                 pipeline::tick(defs, cs, d, &mut out);
             }
         }
-        self.commit(defs, states, out, None, now).await?;
+        let states = self.commit(defs, states, out, None, now).await?;
+        self.keep(defs, states);
         Ok(due.len())
     }
 
@@ -367,11 +465,26 @@ impl Engine {
     }
 
     /// Writes a batch: state, effects not yet applied, and (when `to` is given) the checkpoint —
-    /// all in one transaction.
+    /// all in one transaction. Gives the states back once written.
     pub(crate) async fn commit(
         &self,
         defs: &Arc<Definitions>,
         states: HashMap<Uuid, ContactState>,
+        out: Effects,
+        to: Option<LogCursor>,
+        now: i64,
+    ) -> Result<HashMap<Uuid, ContactState>, EngineError> {
+        let r = self.write(defs, &states, out, to, now).await;
+        if r.is_err() {
+            self.forget_cache();
+        }
+        r.map(|()| states)
+    }
+
+    async fn write(
+        &self,
+        defs: &Arc<Definitions>,
+        states: &HashMap<Uuid, ContactState>,
         mut out: Effects,
         to: Option<LogCursor>,
         now: i64,

@@ -63,8 +63,6 @@ pub struct ContactState {
     pub timer: Option<i64>,
     /// The instant being evaluated (µs).
     pub now: i64,
-    /// Model lookup for [`Facts::score`] (model id → position in definitions).
-    pub(crate) models: HashMap<Uuid, usize>,
     pub(crate) defs: Option<std::sync::Arc<Definitions>>,
 }
 
@@ -90,12 +88,6 @@ impl ContactState {
             timer_loaded: None,
             timer: None,
             now,
-            models: defs
-                .models
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (m.model.id, i))
-                .collect(),
             defs: Some(defs.clone()),
         }
     }
@@ -175,7 +167,7 @@ impl Facts for ContactState {
     }
     fn score(&self, model: Uuid) -> Option<ScoreReading> {
         let defs = self.defs.as_ref()?;
-        let m = &defs.models.get(*self.models.get(&model)?)?.model;
+        let m = defs.model(model)?;
         let st = self.scores.get(&model)?;
         Some(m.reading(st, self.now))
     }
@@ -191,6 +183,61 @@ impl Facts for ContactState {
     fn in_sales_cycle(&self) -> bool {
         self.in_sales()
     }
+}
+
+impl ContactState {
+    /// Marks everything written: what is in memory is what is stored.
+    pub fn settled(&mut self) {
+        self.dirty_features.clear();
+        self.dirty_scores.clear();
+        self.timer_loaded = self.timer;
+    }
+}
+
+/// Re-reads contacts' profiles (contact row, company, lists) into their state.
+pub async fn refresh_profiles(
+    store: &Store,
+    states: &mut HashMap<Uuid, ContactState>,
+    ids: &[Uuid],
+    lists: bool,
+) -> Result<(), EngineError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let contacts = store.contacts_by_ids(ids).await?;
+    let mut co_ids: Vec<Uuid> = contacts.iter().filter_map(|c| c.company_id).collect();
+    co_ids.sort();
+    co_ids.dedup();
+    let companies: HashMap<Uuid, Company> = store
+        .companies_by_ids(&co_ids)
+        .await?
+        .into_iter()
+        .map(|c| (c.id, c))
+        .collect();
+    let found: HashSet<Uuid> = contacts.iter().map(|c| c.id).collect();
+    for c in contacts {
+        if let Some(cs) = states.get_mut(&c.id) {
+            cs.company = c.company_id.and_then(|id| companies.get(&id).cloned());
+            cs.contact = c;
+            if lists {
+                cs.lists.clear();
+            }
+        }
+    }
+    // Erased meanwhile: drop.
+    for id in ids {
+        if !found.contains(id) {
+            states.remove(id);
+        }
+    }
+    if lists {
+        for (c, l) in store.list_memberships_of(ids).await? {
+            if let Some(cs) = states.get_mut(&c) {
+                cs.lists.insert(l);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What to load besides contacts.

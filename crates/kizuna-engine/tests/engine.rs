@@ -987,6 +987,26 @@ async fn drive(env: &Env, engine: &mut Engine, crashes: &mut u32, config: &Engin
     }
 }
 
+#[tokio::test]
+async fn a_company_edit_moves_its_contacts() {
+    for env in envs().await {
+        let n = env.name;
+        env.apply(vec![json!({"kind": "segment", "name": "Finance", "filter": {"attribute": "company.industry", "op": "eq", "value": "金融業"}})])
+            .await;
+        let co = env.company("みずほ的銀行", "製造業", 5000).await;
+        let c = env.contact("bank@example.jp", "部長", Some(co)).await;
+        env.run().await;
+        assert!(env.members("Finance").await.is_empty(), "{n}");
+        let input = serde_json::from_value(json!({"industry": "金融業"})).unwrap();
+        env.store
+            .update_company(co, input, env.clock.now())
+            .await
+            .unwrap();
+        env.run().await;
+        assert_eq!(env.members("Finance").await, vec![c], "{n}");
+    }
+}
+
 async fn scenario(env: &Env, engine: &mut Engine, crashes: &mut u32, restart: &EngineConfig) {
     env.rep("r1@kizuna.example", None).await;
     env.rep("r2@kizuna.example", None).await;

@@ -222,6 +222,7 @@ impl Store {
         if apply(&mut c, input, false) {
             c.updated_at = now;
             save(&mut tx, &c).await?;
+            company_changed(&mut tx, id, now).await?;
         }
         tx.commit().await?;
         Ok(c)
@@ -230,6 +231,7 @@ impl Store {
     /// Deletes a company; its contacts stay, unlinked.
     pub async fn delete_company(&self, id: Uuid) -> Result<(), StoreError> {
         let mut tx = self.db().begin().await?;
+        company_changed(&mut tx, id, chrono::Utc::now()).await?;
         tx.execute(
             "UPDATE contacts SET company_id = NULL WHERE company_id = $1",
             args![id],
@@ -281,4 +283,26 @@ impl Store {
             |c| Cursor { key: 0, id: c.id },
         ))
     }
+}
+
+/// `company.updated` on the timeline of each of the company's contacts, so that what reads
+/// company fields (segments, fit rules) follows the change.
+async fn company_changed(tx: &mut Tx, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let contacts: Vec<crate::db::One<Uuid>> = tx
+        .fetch_all("SELECT id FROM contacts WHERE company_id = $1", args![id])
+        .await?;
+    let events = contacts
+        .into_iter()
+        .map(|c| {
+            crate::events::NewEvent::new(
+                c.0,
+                "company.updated",
+                now,
+                "kizuna",
+                serde_json::json!({"company_id": id}),
+            )
+        })
+        .collect();
+    crate::events::append(tx, events, now).await?;
+    Ok(())
 }
