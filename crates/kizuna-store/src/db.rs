@@ -90,6 +90,63 @@ macro_rules! args {
     ($($v:expr),* $(,)?) => { vec![$($crate::db::Val::from($v)),*] };
 }
 
+/// SQLite looks a `$N` parameter up by name, scanning every name: binding n named parameters
+/// costs O(n²), which dominates a 1,000-row INSERT (measured: 83% of the time). When the
+/// placeholders are `$1, $2, … $n` in order, each once (multi-row VALUES, IN lists), they are
+/// rewritten to anonymous `?`, which bind positionally. Anything else is left as written.
+pub fn sqlite_positional(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut expect = 1u64;
+    let mut last = 0;
+    let mut i = 0;
+    let mut quote: Option<u8> = None;
+    while i < b.len() {
+        let c = b[i];
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+                i += 1;
+            }
+            None if c == b'\'' || c == b'"' => {
+                quote = Some(c);
+                i += 1;
+            }
+            None if c == b'$' && i + 1 < b.len() && b[i + 1].is_ascii_digit() => {
+                let mut j = i + 1;
+                while j < b.len() && b[j].is_ascii_digit() {
+                    j += 1;
+                }
+                let n: u64 = sql[i + 1..j].parse().ok()?;
+                if n != expect {
+                    return None;
+                }
+                expect += 1;
+                out.push_str(&sql[last..i]);
+                out.push('?');
+                last = j;
+                i = j;
+            }
+            None => i += 1,
+        }
+    }
+    if expect == 1 {
+        return None;
+    }
+    out.push_str(&sql[last..]);
+    Some(out)
+}
+
+fn sqlite_sql(sql: impl SqlSafeStr) -> sqlx::SqlStr {
+    let s = sql.into_sql_str();
+    match sqlite_positional(s.as_str()) {
+        Some(p) => sqlx::AssertSqlSafe(p).into_sql_str(),
+        None => s,
+    }
+}
+
 fn bind_sqlite<'q>(
     mut q: Query<'q, Sqlite, SqliteArguments>,
     args: Vec<Val>,
@@ -170,7 +227,7 @@ macro_rules! query_methods {
             args: Vec<Val>,
         ) -> Result<u64, StoreError> {
             Ok(match self {
-                $kind::Sqlite($c, ..) => bind_sqlite(sqlx::query(sql), args)
+                $kind::Sqlite($c, ..) => bind_sqlite(sqlx::query(sqlite_sql(sql)), args)
                     .execute($conn)
                     .await?
                     .rows_affected(),
@@ -189,7 +246,7 @@ macro_rules! query_methods {
         ) -> Result<Vec<T>, StoreError> {
             Ok(match self {
                 $kind::Sqlite($c, ..) => {
-                    let rows = bind_sqlite(sqlx::query(sql), args).fetch_all($conn).await?;
+                    let rows = bind_sqlite(sqlx::query(sqlite_sql(sql)), args).fetch_all($conn).await?;
                     rows.iter().map(T::from_row).collect::<Result<_, _>>()?
                 }
                 $kind::Pg($c, ..) => {
@@ -206,7 +263,7 @@ macro_rules! query_methods {
             args: Vec<Val>,
         ) -> Result<Option<T>, StoreError> {
             Ok(match self {
-                $kind::Sqlite($c, ..) => match bind_sqlite(sqlx::query(sql), args)
+                $kind::Sqlite($c, ..) => match bind_sqlite(sqlx::query(sqlite_sql(sql)), args)
                     .fetch_optional($conn)
                     .await?
                 {
@@ -329,6 +386,27 @@ impl Tx {
             Tx::Pg(t) => t.commit().await?,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlite_positional;
+
+    #[test]
+    fn in_order_placeholders_become_positional() {
+        assert_eq!(
+            sqlite_positional("INSERT INTO t VALUES ($1,$2),($3,$4)").as_deref(),
+            Some("INSERT INTO t VALUES (?,?),(?,?)")
+        );
+        assert_eq!(
+            sqlite_positional("SELECT json_extract(p, '$.path'), $1 FROM t WHERE a = $2").as_deref(),
+            Some("SELECT json_extract(p, '$.path'), ? FROM t WHERE a = ?")
+        );
+        assert_eq!(sqlite_positional("UPDATE t SET a = $2 WHERE id = $1"), None);
+        assert_eq!(sqlite_positional("SELECT $1, $1"), None);
+        assert_eq!(sqlite_positional("SELECT 1"), None);
+        assert_eq!(sqlite_positional("SELECT $10").as_deref(), None);
     }
 }
 
