@@ -4,7 +4,8 @@
 //! (to scale out: several stateless nodes share one database). Queries are written once in
 //! [`db`]'s query layer; modules are named for what they keep, in the marketer's vocabulary:
 //! [`contacts`], [`companies`], [`fields`], [`lists`], [`events`] (the timeline), [`merges`],
-//! [`imports`] and [`csv_import`], [`keys`] (API and write keys), [`users`] (sales reps and marketers),
+//! [`imports`] and [`csv_import`], [`ingest`] and [`ingestor`] (tracked events: identity
+//! resolution and group commit), [`keys`] (API and write keys), [`users`] (sales reps and marketers),
 //! [`suppressions`]. Migrations ([`migrate`]) are numbered, one folder per backend, and run on start.
 #![deny(missing_docs)]
 
@@ -17,9 +18,12 @@ pub mod csv_import;
 pub mod events;
 pub mod fields;
 pub mod imports;
+pub mod ingest;
+pub mod ingestor;
 pub mod keys;
 pub mod lists;
 pub mod merges;
+pub mod offline;
 pub mod page;
 pub mod suppressions;
 pub mod users;

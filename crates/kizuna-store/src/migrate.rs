@@ -12,12 +12,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "lead_database",
-    sqlite: include_str!("../migrations/sqlite/0001_lead_database.sql"),
-    postgres: include_str!("../migrations/postgres/0001_lead_database.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "lead_database",
+        sqlite: include_str!("../migrations/sqlite/0001_lead_database.sql"),
+        postgres: include_str!("../migrations/postgres/0001_lead_database.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "tracking",
+        sqlite: include_str!("../migrations/sqlite/0002_tracking.sql"),
+        postgres: include_str!("../migrations/postgres/0002_tracking.sql"),
+    },
+];
 
 /// The newest schema version this binary knows.
 pub fn latest_version() -> i64 {
