@@ -602,8 +602,7 @@ impl<'t> Resolver<'t> {
                 );
                 let mut a = args![kind.as_str()];
                 a.extend(chunk.iter().map(|v| Val::from(*v)));
-                let rows: Vec<IdentityRow> =
-                    self.tx.fetch_all(sqlx::AssertSqlSafe(sql), a).await?;
+                let rows: Vec<IdentityRow> = self.tx.fetch_all(sqlx::AssertSqlSafe(sql), a).await?;
                 for r in rows {
                     if let Some(k) = Kind::parse(&r.kind) {
                         if k == Kind::User {
@@ -1287,11 +1286,14 @@ impl<'t> Resolver<'t> {
                 sql.push(')');
                 a.extend(contacts::row_args(&self.slots[id].c));
             }
-            self.tx.execute(sqlx::AssertSqlSafe(sql), a).await.map_err(|e| {
-                crate::on_unique(e, "email", || {
-                    "a concurrent writer created a contact with the same e-mail".into()
-                })
-            })?;
+            self.tx
+                .execute(sqlx::AssertSqlSafe(sql), a)
+                .await
+                .map_err(|e| {
+                    crate::on_unique(e, "email", || {
+                        "a concurrent writer created a contact with the same e-mail".into()
+                    })
+                })?;
         }
         let mut dirty: Vec<Uuid> = self
             .slots
@@ -1365,11 +1367,7 @@ impl<'t> Resolver<'t> {
                     self.tx
                         .execute(
                             "UPDATE contacts SET source = $2, updated_at = $3 WHERE id = $1",
-                            args![
-                                *id,
-                                serde_json::to_value(src).unwrap_or_default(),
-                                self.now
-                            ],
+                            args![*id, serde_json::to_value(src).unwrap_or_default(), self.now],
                         )
                         .await?;
                 }

@@ -188,9 +188,7 @@ pub(crate) async fn merge_in(
             "a contact cannot be merged into itself",
         ));
     }
-    let survivor = get_in(tx, survivor_id)
-        .await?
-        .ok_or(StoreError::NotFound)?;
+    let survivor = get_in(tx, survivor_id).await?.ok_or(StoreError::NotFound)?;
     let other = get_in(tx, other_id).await?.ok_or_else(|| {
         StoreError::invalid(
             "other_id",

@@ -260,7 +260,9 @@ pub fn read_events_csv(
             None
         };
         let event_type = match event_col.map(|c| cell(Some(c))).filter(|s| !s.is_empty()) {
-            Some(t) => check_event_type(t).map_err(|r| errors.push(err(event_col, t, r))).ok(),
+            Some(t) => check_event_type(t)
+                .map_err(|r| errors.push(err(event_col, t, r)))
+                .ok(),
             None => match &opts.event_type {
                 Some(t) => Some(t.clone()),
                 None => {
@@ -426,7 +428,10 @@ mod tests {
         assert_eq!(events[0].event_type, "seminar.attended");
         assert_eq!(events[0].properties["セミナー名"], "秋のDXセミナー");
         assert_eq!(events[0].properties["席"], "A-3");
-        assert!(!events[1].properties.contains_key("席"), "empty cells are left out");
+        assert!(
+            !events[1].properties.contains_key("席"),
+            "empty cells are left out"
+        );
         assert_eq!((events[0].row, events[1].row), (2, 3), "row numbers");
         assert_ne!(events[0].idempotency_key(), events[1].idempotency_key());
     }

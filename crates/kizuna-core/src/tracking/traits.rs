@@ -96,7 +96,10 @@ pub struct IdentifyTraits {
 /// `department`; `address` {`street`, `city`, `state`/`region`, `postalCode`/`postal_code`,
 /// `country`}; `company` (see [`IdentifyTraits::company`]); and any trait whose key is the name
 /// of a custom field (`custom_fields`). Other traits stay only in the event.
-pub fn identify_traits(traits: &Map<String, Value>, custom_fields: &HashSet<String>) -> IdentifyTraits {
+pub fn identify_traits(
+    traits: &Map<String, Value>,
+    custom_fields: &HashSet<String>,
+) -> IdentifyTraits {
     let mut ignored = Vec::new();
     let mut c = ContactInput::default();
     let set = |p: &mut Patch<String>, v: Option<String>| {
@@ -126,7 +129,10 @@ pub fn identify_traits(traits: &Map<String, Value>, custom_fields: &HashSet<Stri
         &mut c.job_title,
         pick(traits, &["title", "jobTitle", "job_title"], &mut ignored),
     );
-    set(&mut c.department, pick(traits, &["department"], &mut ignored));
+    set(
+        &mut c.department,
+        pick(traits, &["department"], &mut ignored),
+    );
     match traits.get("address") {
         None | Some(Value::Null) => {}
         Some(Value::Object(a)) => {
@@ -208,15 +214,13 @@ fn integer(
             Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f.is_finite() && f >= 0.0) => {
                 return n.as_f64().map(|f| f.round() as i64);
             }
-            Some(Value::String(s)) => {
-                match crate::field::parse_integer(s) {
-                    Some(i) => return Some(i),
-                    None => ignored.push(IgnoredTrait {
-                        name: (*k).to_string(),
-                        reason: "expected a whole number".into(),
-                    }),
-                }
-            }
+            Some(Value::String(s)) => match crate::field::parse_integer(s) {
+                Some(i) => return Some(i),
+                None => ignored.push(IgnoredTrait {
+                    name: (*k).to_string(),
+                    reason: "expected a whole number".into(),
+                }),
+            },
             Some(_) => ignored.push(IgnoredTrait {
                 name: (*k).to_string(),
                 reason: "expected a whole number".into(),
@@ -331,12 +335,17 @@ mod tests {
     #[test]
     fn bad_traits_are_reported_not_fatal() {
         let t = identify_traits(
-            &obj(json!({"email": {"x": 1}, "name": "Taro Yamada", "address": "Tokyo",
-                        "company": [1], "phone": null})),
+            &obj(
+                json!({"email": {"x": 1}, "name": "Taro Yamada", "address": "Tokyo",
+                        "company": [1], "phone": null}),
+            ),
             &HashSet::new(),
         );
         assert!(!t.contact.email.is_present());
-        assert!(!t.contact.phone.is_present(), "null is ignored, not a clear");
+        assert!(
+            !t.contact.phone.is_present(),
+            "null is ignored, not a clear"
+        );
         assert_eq!(t.contact.first_name, Patch::Value("Taro".into()));
         let names: Vec<_> = t.ignored.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["email", "address", "company"]);
