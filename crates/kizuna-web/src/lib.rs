@@ -4,6 +4,7 @@
 //! - [`health`]: `/healthz` and Prometheus `/metrics`.
 //! - [`error`]: the one error type, rendered as the contract's JSON error shape.
 //! - [`extract`]: JSON/query extractors that name bad fields, and the `Auth` extractor.
+//! - [`tracking`]: the Segment-compatible `/v1/*` endpoints and the `/kizuna.js` snippet.
 //!
 //! [`router`] builds the whole application; [`serve`] runs it until a shutdown signal and lets
 //! in-flight requests finish.
@@ -14,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod state;
+pub mod tracking;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -28,8 +30,19 @@ pub use state::{AppState, WebConfig};
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
+    build(state, tracking::router())
+}
+
+/// The whole application with tracking answered by a handler that only reads the body: the
+/// ceiling of the HTTP stack in `kizuna bench ingest`.
+pub fn noop_tracking_router(state: AppState) -> Router {
+    build(state, tracking::noop_router())
+}
+
+fn build(state: AppState, tracking: Router<AppState>) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(tracking)
         .nest("/api/v1", api::router(&state))
         .fallback(|| async { error::ApiError::not_found("route") })
         .layer(middleware::from_fn(record_metrics))

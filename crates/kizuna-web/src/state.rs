@@ -34,4 +34,6 @@ pub struct AppState {
     pub clock: SharedClock,
     /// Settings.
     pub config: std::sync::Arc<WebConfig>,
+    /// Tracking ingestion (group commit) and its write-key cache.
+    pub tracking: std::sync::Arc<crate::tracking::Tracking>,
 }

@@ -4,7 +4,9 @@ use crate::cli::StoreArgs;
 use anyhow::Context;
 use kizuna_core::clock::{Clock, SharedClock, SystemClock};
 use kizuna_store::Store;
+use kizuna_store::ingestor::{Ingestor, IngestorConfig};
 use kizuna_store::keys::Scope;
+use kizuna_web::tracking::Tracking;
 use kizuna_web::{AppState, WebConfig};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -65,10 +67,18 @@ pub async fn run(
     };
     std::fs::create_dir_all(&config.spool_dir)
         .with_context(|| format!("cannot create {}", config.spool_dir.display()))?;
+    // Tracked events are written by one group-commit writer; the engine's hook goes here.
+    let ingestor = Ingestor::start(
+        store.clone(),
+        clock.clone(),
+        IngestorConfig::default(),
+        None,
+    );
     let state = AppState {
         store: store.clone(),
         clock,
         config: Arc::new(config),
+        tracking: Arc::new(Tracking::new(ingestor)),
     };
     tracing::info!(%addr, "kizuna listening on http://{addr}");
     kizuna_web::serve(listener, state, shutdown_signal()).await?;

@@ -2,6 +2,7 @@
 
 pub mod companies;
 pub mod contacts;
+pub mod events;
 pub mod fields;
 pub mod imports;
 pub mod keys;
@@ -19,6 +20,7 @@ use uuid::Uuid;
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .merge(contacts::router())
+        .merge(events::router())
         .merge(companies::router())
         .merge(fields::router())
         .merge(lists::router())
