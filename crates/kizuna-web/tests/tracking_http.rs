@@ -101,7 +101,12 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn post(s: &Server, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value, reqwest::header::HeaderMap) {
+async fn post(
+    s: &Server,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, Value, reqwest::header::HeaderMap) {
     let mut r = client().post(format!("{}{path}", s.base)).body(body);
     for (k, v) in headers {
         r = r.header(*k, *v);
@@ -110,12 +115,19 @@ async fn post(s: &Server, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -
     let status = res.status().as_u16();
     let h = res.headers().clone();
     let text = res.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), h)
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        h,
+    )
 }
 
 fn basic(key: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
 }
 
 fn gzip(b: &[u8]) -> Vec<u8> {
@@ -131,7 +143,10 @@ async fn get(s: &Server, path: &str) -> (u16, Value) {
         .send()
         .await
         .unwrap();
-    (res.status().as_u16(), res.json().await.unwrap_or(Value::Null))
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -141,47 +156,146 @@ async fn every_path_auth_and_body_form_is_accepted() {
         let n = s.name;
         // Long paths with basic auth and JSON.
         for (path, body) in [
-            ("/v1/identify", json!({"userId": "u1", "traits": {"email": "u1@example.co.jp"}, "messageId": "a1"})),
-            ("/v1/track", json!({"userId": "u1", "event": "Trial Started", "messageId": "a2"})),
-            ("/v1/page", json!({"userId": "u1", "name": "Pricing", "messageId": "a3"})),
-            ("/v1/screen", json!({"userId": "u1", "name": "Home", "messageId": "a4"})),
-            ("/v1/group", json!({"userId": "u1", "groupId": "g1", "traits": {"name": "Acme"}, "messageId": "a5"})),
-            ("/v1/alias", json!({"userId": "u1", "previousId": "old-1", "messageId": "a6"})),
-            ("/v1/batch", json!({"batch": [{"type": "track", "userId": "u1", "event": "Login", "messageId": "a7"}]})),
-            ("/v1/import", json!({"batch": [{"type": "track", "userId": "u1", "event": "Login", "messageId": "a8"}]})),
+            (
+                "/v1/identify",
+                json!({"userId": "u1", "traits": {"email": "u1@example.co.jp"}, "messageId": "a1"}),
+            ),
+            (
+                "/v1/track",
+                json!({"userId": "u1", "event": "Trial Started", "messageId": "a2"}),
+            ),
+            (
+                "/v1/page",
+                json!({"userId": "u1", "name": "Pricing", "messageId": "a3"}),
+            ),
+            (
+                "/v1/screen",
+                json!({"userId": "u1", "name": "Home", "messageId": "a4"}),
+            ),
+            (
+                "/v1/group",
+                json!({"userId": "u1", "groupId": "g1", "traits": {"name": "Acme"}, "messageId": "a5"}),
+            ),
+            (
+                "/v1/alias",
+                json!({"userId": "u1", "previousId": "old-1", "messageId": "a6"}),
+            ),
+            (
+                "/v1/batch",
+                json!({"batch": [{"type": "track", "userId": "u1", "event": "Login", "messageId": "a7"}]}),
+            ),
+            (
+                "/v1/import",
+                json!({"batch": [{"type": "track", "userId": "u1", "event": "Login", "messageId": "a8"}]}),
+            ),
         ] {
-            let (st, b, _) = post(&s, path, serde_json::to_vec(&body).unwrap(), &[("Authorization", &auth), ("Content-Type", "application/json")]).await;
+            let (st, b, _) = post(
+                &s,
+                path,
+                serde_json::to_vec(&body).unwrap(),
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
+            )
+            .await;
             assert_eq!((st, b), (200, json!({"success": true})), "{n} {path}");
         }
         // analytics.js short paths: text/plain, write key in the body.
         for (path, body) in [
-            ("/v1/t", json!({"anonymousId": "b1", "event": "Clicked", "messageId": "b-t", "writeKey": s.write_key})),
-            ("/v1/p", json!({"anonymousId": "b1", "messageId": "b-p", "writeKey": s.write_key})),
-            ("/v1/i", json!({"anonymousId": "b1", "traits": {"plan": "x"}, "messageId": "b-i", "writeKey": s.write_key})),
-            ("/v1/s", json!({"anonymousId": "b1", "messageId": "b-s", "writeKey": s.write_key})),
-            ("/v1/g", json!({"anonymousId": "b1", "groupId": "g2", "messageId": "b-g", "writeKey": s.write_key})),
-            ("/v1/a", json!({"userId": "u2", "previousId": "b1", "messageId": "b-a", "writeKey": s.write_key})),
-            ("/v1/b", json!({"batch": [{"type": "page", "anonymousId": "b1", "messageId": "b-b"}], "writeKey": s.write_key})),
+            (
+                "/v1/t",
+                json!({"anonymousId": "b1", "event": "Clicked", "messageId": "b-t", "writeKey": s.write_key}),
+            ),
+            (
+                "/v1/p",
+                json!({"anonymousId": "b1", "messageId": "b-p", "writeKey": s.write_key}),
+            ),
+            (
+                "/v1/i",
+                json!({"anonymousId": "b1", "traits": {"plan": "x"}, "messageId": "b-i", "writeKey": s.write_key}),
+            ),
+            (
+                "/v1/s",
+                json!({"anonymousId": "b1", "messageId": "b-s", "writeKey": s.write_key}),
+            ),
+            (
+                "/v1/g",
+                json!({"anonymousId": "b1", "groupId": "g2", "messageId": "b-g", "writeKey": s.write_key}),
+            ),
+            (
+                "/v1/a",
+                json!({"userId": "u2", "previousId": "b1", "messageId": "b-a", "writeKey": s.write_key}),
+            ),
+            (
+                "/v1/b",
+                json!({"batch": [{"type": "page", "anonymousId": "b1", "messageId": "b-b"}], "writeKey": s.write_key}),
+            ),
         ] {
-            let (st, _, _) = post(&s, path, serde_json::to_vec(&body).unwrap(), &[("Content-Type", "text/plain")]).await;
+            let (st, _, _) = post(
+                &s,
+                path,
+                serde_json::to_vec(&body).unwrap(),
+                &[("Content-Type", "text/plain")],
+            )
+            .await;
             assert_eq!(st, 200, "{n} {path}");
         }
         // gzip, as the Python SDKs send it.
         let body = json!({"batch": [{"type": "track", "userId": "u1", "event": "Gzipped", "messageId": "c1"}]});
-        let (st, _, _) = post(&s, "/v1/batch", gzip(&serde_json::to_vec(&body).unwrap()), &[("Authorization", &auth), ("Content-Encoding", "gzip")]).await;
+        let (st, _, _) = post(
+            &s,
+            "/v1/batch",
+            gzip(&serde_json::to_vec(&body).unwrap()),
+            &[("Authorization", &auth), ("Content-Encoding", "gzip")],
+        )
+        .await;
         assert_eq!(st, 200, "{n}");
 
-        let u1 = s.store.contact_by_identity("user_id", "u1").await.unwrap().unwrap();
+        let u1 = s
+            .store
+            .contact_by_identity("user_id", "u1")
+            .await
+            .unwrap()
+            .unwrap();
         let (st, tl) = get(&s, &format!("/api/v1/contacts/{u1}/timeline?limit=100")).await;
         assert_eq!(st, 200);
-        let types: Vec<&str> = tl["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-        for t in ["contact.identified", "Trial Started", "page.viewed", "screen.viewed", "company.linked", "contact.aliased", "Login", "Gzipped"] {
+        let types: Vec<&str> = tl["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        for t in [
+            "contact.identified",
+            "Trial Started",
+            "page.viewed",
+            "screen.viewed",
+            "company.linked",
+            "contact.aliased",
+            "Login",
+            "Gzipped",
+        ] {
             assert!(types.contains(&t), "{n}: {t} in {types:?}");
         }
-        assert!(tl["data"].as_array().unwrap().iter().all(|e| e["source"].is_string()), "source on every event");
+        assert!(
+            tl["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["source"].is_string()),
+            "source on every event"
+        );
         // b1's profile merged into u2 by the alias.
         let u2 = s.store.contact_by_identity("user_id", "u2").await.unwrap();
-        assert_eq!(s.store.contact_by_identity("anonymous_id", "b1").await.unwrap(), u2, "{n}");
+        assert_eq!(
+            s.store
+                .contact_by_identity("anonymous_id", "b1")
+                .await
+                .unwrap(),
+            u2,
+            "{n}"
+        );
     }
 }
 
@@ -213,9 +327,23 @@ async fn bad_requests_get_clear_errors_and_store_nothing() {
         }
         // A gzip bomb is cut at the limit: 10 MB of zeros in a few KB.
         let bomb = gzip(&vec![b' '; 10 * 1024 * 1024]);
-        let (st, b, _) = post(&s, "/v1/batch", bomb, &[("Authorization", &auth), ("Content-Encoding", "gzip")]).await;
-        assert_eq!((st, b["error"]["code"].as_str()), (400, Some("batch_too_large")), "{n}");
-        assert_eq!(s.store.count_all_events().await.unwrap(), 0, "{n}: nothing stored");
+        let (st, b, _) = post(
+            &s,
+            "/v1/batch",
+            bomb,
+            &[("Authorization", &auth), ("Content-Encoding", "gzip")],
+        )
+        .await;
+        assert_eq!(
+            (st, b["error"]["code"].as_str()),
+            (400, Some("batch_too_large")),
+            "{n}"
+        );
+        assert_eq!(
+            s.store.count_all_events().await.unwrap(),
+            0,
+            "{n}: nothing stored"
+        );
     }
 }
 
@@ -226,37 +354,86 @@ async fn browsers_get_cors_and_the_snippet() {
             .request(reqwest::Method::OPTIONS, format!("{}/v1/t", s.base))
             .header("Origin", "https://www.example.co.jp")
             .header("Access-Control-Request-Method", "POST")
-            .header("Access-Control-Request-Headers", "content-type,authorization")
+            .header(
+                "Access-Control-Request-Headers",
+                "content-type,authorization",
+            )
             .send()
             .await
             .unwrap();
         assert!(res.status().is_success(), "{}", s.name);
         assert_eq!(res.headers()["access-control-allow-origin"], "*");
-        assert!(res.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
-        let body = serde_json::to_vec(&json!({"anonymousId": "x", "event": "E", "writeKey": s.write_key})).unwrap();
-        let (st, _, h) = post(&s, "/v1/t", body, &[("Origin", "https://www.example.co.jp"), ("Content-Type", "text/plain")]).await;
+        assert!(
+            res.headers()["access-control-allow-methods"]
+                .to_str()
+                .unwrap()
+                .contains("POST")
+        );
+        let body =
+            serde_json::to_vec(&json!({"anonymousId": "x", "event": "E", "writeKey": s.write_key}))
+                .unwrap();
+        let (st, _, h) = post(
+            &s,
+            "/v1/t",
+            body,
+            &[
+                ("Origin", "https://www.example.co.jp"),
+                ("Content-Type", "text/plain"),
+            ],
+        )
+        .await;
         assert_eq!(st, 200);
         assert_eq!(h["access-control-allow-origin"], "*");
-        let js = client().get(format!("{}/kizuna.js", s.base)).send().await.unwrap();
-        assert!(js.headers()["content-type"].to_str().unwrap().starts_with("application/javascript"));
+        let js = client()
+            .get(format!("{}/kizuna.js", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            js.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/javascript")
+        );
         let text = js.text().await.unwrap();
-        assert!(text.contains("/v1/b") && text.contains("kizuna.js"), "{}", s.name);
+        assert!(
+            text.contains("/v1/b") && text.contains("kizuna.js"),
+            "{}",
+            s.name
+        );
     }
 }
 
 #[tokio::test]
 async fn overload_is_a_429_with_retry_after() {
-    for s in servers(IngestorConfig { max_group_messages: 10_000, max_pending_messages: 50 }).await {
+    for s in servers(IngestorConfig {
+        max_group_messages: 10_000,
+        max_pending_messages: 50,
+    })
+    .await
+    {
         // Hold the writer: it cannot take the identity lock, so submissions wait.
         let mut blocker = s.store.db().begin().await.unwrap();
-        kizuna_store::ingest::lock_identities(&mut blocker).await.unwrap();
+        kizuna_store::ingest::lock_identities(&mut blocker)
+            .await
+            .unwrap();
         let batch = |tag: &str| {
             serde_json::to_vec(&json!({"batch": (0..40).map(|i| json!({"type": "track", "anonymousId": "o", "event": "E", "messageId": format!("{tag}{i}")})).collect::<Vec<_>>()})).unwrap()
         };
         let auth = basic(&s.write_key);
         let first = {
             let (url, auth, body) = (format!("{}/v1/batch", s.base), auth.clone(), batch("a"));
-            tokio::spawn(async move { client().post(url).header("Authorization", auth).body(body).send().await.unwrap().status().as_u16() })
+            tokio::spawn(async move {
+                client()
+                    .post(url)
+                    .header("Authorization", auth)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
         };
         // Once the first request waits for the writer, the second does not fit.
         for _ in 0..5000 {
@@ -265,14 +442,29 @@ async fn overload_is_a_429_with_retry_after() {
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        assert_eq!(s.tracking.ingestor.available(), 10, "{}: the first request waits", s.name);
+        assert_eq!(
+            s.tracking.ingestor.available(),
+            10,
+            "{}: the first request waits",
+            s.name
+        );
         let (st, b, h) = post(&s, "/v1/batch", batch("b"), &[("Authorization", &auth)]).await;
         assert_eq!(st, 429, "{}: {b}", s.name);
         assert_eq!(b["error"]["code"], "overloaded");
         assert_eq!(h["retry-after"], "1");
         drop(blocker);
-        assert_eq!(first.await.unwrap(), 200, "{}: the waiting request is stored", s.name);
-        assert_eq!(s.store.count_all_events().await.unwrap(), 41, "{}: 40 events and one contact.created", s.name);
+        assert_eq!(
+            first.await.unwrap(),
+            200,
+            "{}: the waiting request is stored",
+            s.name
+        );
+        assert_eq!(
+            s.store.count_all_events().await.unwrap(),
+            41,
+            "{}: 40 events and one contact.created",
+            s.name
+        );
     }
 }
 
@@ -285,15 +477,33 @@ async fn timeline_filters_pages_and_offline_events_api() {
             .map(|i| json!({"type": "page", "userId": "tl", "messageId": format!("p{i}"), "timestamp": format!("2026-10-14T08:0{i}:00Z"), "properties": {"path": format!("/p{i}")}}))
             .chain([json!({"type": "track", "userId": "tl", "event": "Whitepaper Downloaded", "messageId": "d1", "timestamp": "2026-10-14T08:30:00Z"})])
             .collect();
-        let (st, _, _) = post(&s, "/v1/batch", serde_json::to_vec(&json!({"batch": batch})).unwrap(), &[("Authorization", &auth)]).await;
+        let (st, _, _) = post(
+            &s,
+            "/v1/batch",
+            serde_json::to_vec(&json!({"batch": batch})).unwrap(),
+            &[("Authorization", &auth)],
+        )
+        .await;
         assert_eq!(st, 200);
-        let id = s.store.contact_by_identity("user_id", "tl").await.unwrap().unwrap();
+        let id = s
+            .store
+            .contact_by_identity("user_id", "tl")
+            .await
+            .unwrap()
+            .unwrap();
         // Pages of 3, newest first, only page views.
         let mut paths = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let q = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-            let (st, page) = get(&s, &format!("/api/v1/contacts/{id}/timeline?type=page.viewed&limit=3{q}")).await;
+            let q = cursor
+                .as_ref()
+                .map(|c| format!("&cursor={c}"))
+                .unwrap_or_default();
+            let (st, page) = get(
+                &s,
+                &format!("/api/v1/contacts/{id}/timeline?type=page.viewed&limit=3{q}"),
+            )
+            .await;
             assert_eq!(st, 200, "{n}: {page}");
             for e in page["data"].as_array().unwrap() {
                 assert_eq!(e["type"], "page.viewed");
@@ -305,15 +515,37 @@ async fn timeline_filters_pages_and_offline_events_api() {
                 None => break,
             }
         }
-        assert_eq!(paths, ["/p6", "/p5", "/p4", "/p3", "/p2", "/p1", "/p0"], "{n}");
-        let (_, both) = get(&s, &format!("/api/v1/contacts/{id}/timeline?type=page.viewed,Whitepaper%20Downloaded&limit=100")).await;
+        assert_eq!(
+            paths,
+            ["/p6", "/p5", "/p4", "/p3", "/p2", "/p1", "/p0"],
+            "{n}"
+        );
+        let (_, both) = get(
+            &s,
+            &format!(
+                "/api/v1/contacts/{id}/timeline?type=page.viewed,Whitepaper%20Downloaded&limit=100"
+            ),
+        )
+        .await;
         assert_eq!(both["data"].as_array().unwrap().len(), 8);
         assert_eq!(both["data"][0]["type"], "Whitepaper Downloaded");
-        let (st, bad) = get(&s, &format!("/api/v1/contacts/{id}/timeline?cursor=nonsense")).await;
+        let (st, bad) = get(
+            &s,
+            &format!("/api/v1/contacts/{id}/timeline?cursor=nonsense"),
+        )
+        .await;
         assert_eq!((st, bad["error"]["field"].as_str()), (400, Some("cursor")));
 
         // Offline events through the API: all or nothing, by e-mail.
-        let c = s.store.create_contact(serde_json::from_value(json!({"email": "seminar@example.jp"})).unwrap(), t0(), "api").await.unwrap();
+        let c = s
+            .store
+            .create_contact(
+                serde_json::from_value(json!({"email": "seminar@example.jp"})).unwrap(),
+                t0(),
+                "api",
+            )
+            .await
+            .unwrap();
         let res = client()
             .post(format!("{}/api/v1/events", s.base))
             .bearer_auth(&s.api_key)
@@ -327,7 +559,11 @@ async fn timeline_filters_pages_and_offline_events_api() {
         assert_eq!(res.status().as_u16(), 422, "{n}");
         let b: Value = res.json().await.unwrap();
         assert_eq!(b["error"]["field"], "events[1].email", "{n}: {b}");
-        assert_eq!(s.store.count_events(c.id).await.unwrap(), 1, "only contact.created");
+        assert_eq!(
+            s.store.count_events(c.id).await.unwrap(),
+            1,
+            "only contact.created"
+        );
         let res = client()
             .post(format!("{}/api/v1/events", s.base))
             .bearer_auth(&s.api_key)
@@ -340,10 +576,26 @@ async fn timeline_filters_pages_and_offline_events_api() {
             .unwrap();
         assert_eq!(res.status().as_u16(), 200, "{n}");
         let b: Value = res.json().await.unwrap();
-        assert_eq!((b["stored"].as_u64(), b["duplicates"].as_u64()), (Some(2), Some(0)));
-        let (_, tl) = get(&s, &format!("/api/v1/contacts/{}/timeline?type=webinar.*,call.*", c.id)).await;
-        let got: Vec<(&str, &str)> = tl["data"].as_array().unwrap().iter().map(|e| (e["type"].as_str().unwrap(), e["source"].as_str().unwrap())).collect();
-        assert_eq!(got, [("call.made", "api"), ("webinar.attended", "api")], "{n}");
+        assert_eq!(
+            (b["stored"].as_u64(), b["duplicates"].as_u64()),
+            (Some(2), Some(0))
+        );
+        let (_, tl) = get(
+            &s,
+            &format!("/api/v1/contacts/{}/timeline?type=webinar.*,call.*", c.id),
+        )
+        .await;
+        let got: Vec<(&str, &str)> = tl["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["type"].as_str().unwrap(), e["source"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [("call.made", "api"), ("webinar.attended", "api")],
+            "{n}"
+        );
     }
 }
 
@@ -362,7 +614,11 @@ fn hostile() -> impl Strategy<Value = (String, Option<String>, Option<String>, V
     ];
     (
         paths.prop_map(str::to_string),
-        prop::option::of(prop_oneof![Just("gzip".to_string()), Just("br".to_string()), "[a-z]{0,6}"]),
+        prop::option::of(prop_oneof![
+            Just("gzip".to_string()),
+            Just("br".to_string()),
+            "[a-z]{0,6}"
+        ]),
         prop::option::of(prop_oneof![Just("Basic KEY".to_string()), "[ -~]{0,40}"]),
         body,
         any::<bool>(),
@@ -371,19 +627,40 @@ fn hostile() -> impl Strategy<Value = (String, Option<String>, Option<String>, V
 
 #[test]
 fn fuzz_no_input_gives_a_server_error() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (router, write_key, _dir) = rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&StoreConfig { data_dir: dir.path().to_path_buf(), ..Default::default() }).await.unwrap();
+        let store = Store::open(&StoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
         let key = store.create_write_key("fuzz", t0()).await.unwrap();
-        (kizuna_web::router(state(&store, IngestorConfig::default())), key, dir)
+        (
+            kizuna_web::router(state(&store, IngestorConfig::default())),
+            key,
+            dir,
+        )
     });
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(300);
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases, ..ProptestConfig::default() });
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(300);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    });
     runner
         .run(&hostile(), |(path, encoding, auth, body, gzipped)| {
             use tower::ServiceExt;
-            let body = String::from_utf8_lossy(&body).replace("KEY", &write_key).into_bytes();
+            let body = String::from_utf8_lossy(&body)
+                .replace("KEY", &write_key)
+                .into_bytes();
             let body = if gzipped { gzip(&body) } else { body };
             let mut req = axum::http::Request::post(format!("/v1/{path}"));
             if let Some(e) = encoding {
@@ -391,7 +668,10 @@ fn fuzz_no_input_gives_a_server_error() {
             }
             if let Some(a) = auth {
                 use base64::Engine;
-                let a = a.replace("KEY", &base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:")));
+                let a = a.replace(
+                    "KEY",
+                    &base64::engine::general_purpose::STANDARD.encode(format!("{write_key}:")),
+                );
                 if let Ok(v) = axum::http::HeaderValue::from_str(&a) {
                     req = req.header("Authorization", v);
                 }
@@ -400,7 +680,10 @@ fn fuzz_no_input_gives_a_server_error() {
             let res = rt.block_on(router.clone().oneshot(req)).unwrap();
             let status = res.status().as_u16();
             prop_assert!(status < 500, "server error {status}");
-            prop_assert!(matches!(status, 200 | 400 | 401 | 404 | 405 | 413 | 415), "unexpected {status}");
+            prop_assert!(
+                matches!(status, 200 | 400 | 401 | 404 | 405 | 413 | 415),
+                "unexpected {status}"
+            );
             Ok(())
         })
         .unwrap();
