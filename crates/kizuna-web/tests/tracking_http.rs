@@ -599,6 +599,45 @@ async fn timeline_filters_pages_and_offline_events_api() {
     }
 }
 
+#[tokio::test]
+async fn documented_tracking_routes_answer() {
+    let doc: Value = serde_json::from_str(kizuna_web::api::openapi::DOCUMENT).unwrap();
+    let s = servers(IngestorConfig::default()).await.remove(0);
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/identify",
+        "/v1/track",
+        "/v1/page",
+        "/v1/screen",
+        "/v1/group",
+        "/v1/alias",
+        "/v1/batch",
+        "/v1/import",
+        "/kizuna.js",
+        "/api/v1/events",
+        "/api/v1/contacts/{id}/timeline",
+    ] {
+        assert!(paths.contains_key(p), "{p} is documented");
+    }
+    for (path, ops) in paths {
+        if path.contains('{') {
+            continue;
+        }
+        for method in ops.as_object().unwrap().keys() {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let res = client()
+                .request(m, format!("{}{path}", s.base))
+                .bearer_auth(&s.api_key)
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(res.status().as_u16(), 404, "{method} {path} is routed");
+            assert_ne!(res.status().as_u16(), 405, "{method} {path} is routed");
+        }
+    }
+}
+
 /// Requests built from arbitrary parts: path, headers and body.
 fn hostile() -> impl Strategy<Value = (String, Option<String>, Option<String>, Vec<u8>, bool)> {
     let paths = prop::sample::select(vec![

@@ -30,6 +30,26 @@ pub enum Subject {
         #[arg(long, env = "KIZUNA_BENCH_DATABASE_URL")]
         database_url: Option<String>,
     },
+    /// Tracking ingestion: Segment batches POSTed to /v1/batch over loopback by concurrent
+    /// clients; events/s and p50/p99 latency on SQLite (and PostgreSQL), against the storage
+    /// path without HTTP and a no-op handler behind the same HTTP stack.
+    Ingest {
+        /// Events in all.
+        #[arg(long, default_value_t = 300_000)]
+        events: usize,
+        /// Events per batch.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Distinct visitors the events come from.
+        #[arg(long, default_value_t = 20_000)]
+        visitors: usize,
+        /// Also measure PostgreSQL at this URL (a fresh schema is created and dropped).
+        #[arg(long, env = "KIZUNA_BENCH_DATABASE_URL")]
+        database_url: Option<String>,
+    },
 }
 
 pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
@@ -39,6 +59,22 @@ pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
             shift_jis,
             database_url,
         } => bench_import(rows, shift_jis, database_url).await,
+        Subject::Ingest {
+            events,
+            batch,
+            clients,
+            visitors,
+            database_url,
+        } => {
+            crate::bench_ingest::run(crate::bench_ingest::IngestBench {
+                events,
+                batch,
+                clients,
+                visitors,
+                database_url,
+            })
+            .await
+        }
     }
 }
 

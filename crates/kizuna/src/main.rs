@@ -1,6 +1,7 @@
 //! The `kizuna` command: the server and the operator's tools, in one binary.
 
 mod bench;
+mod bench_ingest;
 mod cli;
 mod config;
 mod demo;
