@@ -37,3 +37,22 @@ pub struct AppState {
     /// Tracking ingestion (group commit) and its write-key cache.
     pub tracking: std::sync::Arc<crate::tracking::Tracking>,
 }
+
+impl AppState {
+    /// State over a store, with tracking ingestion started (default sizes, no commit hook).
+    /// Needs a Tokio runtime (the ingestion writer is a task).
+    pub fn new(store: Store, clock: SharedClock, config: WebConfig) -> AppState {
+        let ingestor = kizuna_store::ingestor::Ingestor::start(
+            store.clone(),
+            clock.clone(),
+            kizuna_store::ingestor::IngestorConfig::default(),
+            None,
+        );
+        AppState {
+            store,
+            clock,
+            config: std::sync::Arc::new(config),
+            tracking: std::sync::Arc::new(crate::tracking::Tracking::new(ingestor)),
+        }
+    }
+}
