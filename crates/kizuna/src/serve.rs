@@ -39,6 +39,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let (store_cfg, file) = store_args.resolve()?;
     init_logging(file.log_format.as_deref());
+    let shutdown = shutdown_signal();
     let listen = listen
         .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -81,7 +82,7 @@ pub async fn run(
         tracking: Arc::new(Tracking::new(ingestor)),
     };
     tracing::info!(%addr, "kizuna listening on http://{addr}");
-    kizuna_web::serve(listener, state, shutdown_signal()).await?;
+    kizuna_web::serve(listener, state, shutdown).await?;
     tracing::info!("stopped accepting requests; in-flight requests finished");
     store.close().await;
     tracing::info!("database closed; bye");
@@ -110,25 +111,42 @@ async fn load_demo(store: &Store, clock: &dyn Clock) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal that arrives while the server is starting is not lost
+/// (nor does it kill the process with the default action).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    async move {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = term => {},
+                _ = int => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutdown requested; finishing in-flight work");
     }
-    tracing::info!("shutdown requested; finishing in-flight work");
 }
