@@ -1118,10 +1118,7 @@ impl<'t> Resolver<'t> {
                         _ => {}
                     }
                 }
-                match input.validate() {
-                    Ok(i) => i,
-                    Err(_) => ContactInput::default(),
-                }
+                input.validate().unwrap_or_default()
             }
         };
         if !input.custom.is_empty() {

@@ -299,12 +299,22 @@ async fn every_path_auth_and_body_form_is_accepted() {
     }
 }
 
+/// Path, body, headers, expected status, error code and field.
+type BadCase = (
+    &'static str,
+    Vec<u8>,
+    Vec<(&'static str, String)>,
+    u16,
+    &'static str,
+    Option<&'static str>,
+);
+
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_store_nothing() {
     for s in servers(IngestorConfig::default()).await {
         let auth = basic(&s.write_key);
         let n = s.name;
-        let cases: Vec<(&str, Vec<u8>, Vec<(&str, String)>, u16, &str, Option<&str>)> = vec![
+        let cases: Vec<BadCase> = vec![
             ("/v1/track", br#"{"event":"E"}"#.to_vec(), vec![("Authorization", auth.clone())], 400, "missing_identity", Some("anonymousId")),
             ("/v1/track", br#"{"userId":"u","event":"E"}"#.to_vec(), vec![], 401, "missing_write_key", None),
             ("/v1/track", br#"{"userId":"u","event":"E"}"#.to_vec(), vec![("Authorization", basic("wk_nope"))], 401, "invalid_write_key", None),
