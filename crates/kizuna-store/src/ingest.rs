@@ -220,8 +220,10 @@ pub(crate) struct EventRow {
     pub occurred_at: DateTime<Utc>,
     pub source: String,
     pub message_id: Option<String>,
-    pub properties: Value,
-    pub context: Option<Value>,
+    /// JSON text (serialized once, straight from the message, without copying it).
+    pub properties: String,
+    /// JSON text.
+    pub context: Option<String>,
 }
 
 /// Appends event rows in multi-row statements.
@@ -237,13 +239,19 @@ pub(crate) async fn insert_events(
         sql.push_str("INSERT INTO events (id, contact_id, type, occurred_at, received_at, source, message_id, properties, context) VALUES ");
         let mut a: Vec<Val> = Vec::with_capacity(chunk.len() * 8 + 1);
         a.push(received_at.into());
+        // JSON arrives as text: SQLite stores it as is; PostgreSQL casts it to jsonb.
+        let cast = if tx.dialect() == Dialect::Postgres {
+            "::jsonb"
+        } else {
+            ""
+        };
         for (i, e) in chunk.into_iter().enumerate() {
             if i > 0 {
                 sql.push(',');
             }
             let n = a.len();
             sql.push_str(&format!(
-                "(${},${},${},${},$1,${},${},${},${})",
+                "(${},${},${},${},$1,${},${},${}{cast},${}{cast})",
                 n + 1,
                 n + 2,
                 n + 3,
@@ -261,7 +269,7 @@ pub(crate) async fn insert_events(
                 e.source,
                 e.message_id,
                 e.properties,
-                Val::Json(e.context)
+                e.context
             ]);
         }
         tx.execute(sqlx::AssertSqlSafe(sql), a).await?;
@@ -439,47 +447,75 @@ fn traits_email(m: &Message) -> Option<String> {
     kizuna_core::email_address::normalize_email(raw, "email").ok()
 }
 
+/// `properties` of a tracked event: the message's properties or traits, plus the few
+/// type-specific fields, serialized from the message without copying it.
+#[derive(serde::Serialize)]
+struct EventProperties<'a> {
+    #[serde(flatten)]
+    base: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    category: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    company_id: Option<String>,
+}
+
+/// `context` of a tracked event.
+#[derive(serde::Serialize)]
+struct EventContext<'a> {
+    context: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anonymous_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    original_timestamp: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sent_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    timestamp_clamped: bool,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    integrations: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    extra: &'a Map<String, Value>,
+}
+
 /// The event a message becomes: what rules match on in `properties`, the rest in `context`.
-fn event_row(m: &Message, contact_id: Uuid) -> EventRow {
-    let mut properties = match m.kind {
-        MessageType::Track | MessageType::Page | MessageType::Screen => m.properties.clone(),
-        MessageType::Identify | MessageType::Group => m.traits.clone(),
-        MessageType::Alias => Map::new(),
+fn event_row(m: &Message, contact_id: Uuid, company_id: Option<Uuid>) -> EventRow {
+    static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+    let base = match m.kind {
+        MessageType::Track | MessageType::Page | MessageType::Screen => &m.properties,
+        MessageType::Identify | MessageType::Group => &m.traits,
+        MessageType::Alias => &*EMPTY,
     };
-    let mut put = |k: &str, v: &Option<String>| {
-        if let Some(v) = v
-            && !properties.contains_key(k)
-        {
-            properties.insert(k.to_string(), Value::String(v.clone()));
-        }
+    fn unless<'a>(base: &Map<String, Value>, k: &str, v: &'a Option<String>) -> Option<&'a str> {
+        v.as_deref().filter(|_| !base.contains_key(k))
+    }
+    let properties = EventProperties {
+        base,
+        name: unless(base, "name", &m.name),
+        category: unless(base, "category", &m.category),
+        group_id: unless(base, "group_id", &m.group_id),
+        previous_id: unless(base, "previous_id", &m.previous_id),
+        company_id: company_id
+            .filter(|_| !base.contains_key("company_id"))
+            .map(|c| c.to_string()),
     };
-    put("name", &m.name);
-    put("category", &m.category);
-    put("group_id", &m.group_id);
-    put("previous_id", &m.previous_id);
-    let mut ctx = Map::new();
-    ctx.insert("context".into(), Value::Object(m.context.clone()));
-    if let Some(u) = &m.user_id {
-        ctx.insert("user_id".into(), u.as_str().into());
-    }
-    if let Some(a) = &m.anonymous_id {
-        ctx.insert("anonymous_id".into(), a.as_str().into());
-    }
-    if let Some(t) = m.original_timestamp {
-        ctx.insert("original_timestamp".into(), json!(t));
-    }
-    if let Some(t) = m.sent_at {
-        ctx.insert("sent_at".into(), json!(t));
-    }
-    if m.timestamp_clamped {
-        ctx.insert("timestamp_clamped".into(), true.into());
-    }
-    if !m.integrations.is_empty() {
-        ctx.insert("integrations".into(), Value::Object(m.integrations.clone()));
-    }
-    if !m.extra.is_empty() {
-        ctx.insert("extra".into(), Value::Object(m.extra.clone()));
-    }
+    let context = EventContext {
+        context: &m.context,
+        user_id: m.user_id.as_deref(),
+        anonymous_id: m.anonymous_id.as_deref(),
+        original_timestamp: m.original_timestamp,
+        sent_at: m.sent_at,
+        timestamp_clamped: m.timestamp_clamped,
+        integrations: &m.integrations,
+        extra: &m.extra,
+    };
     EventRow {
         id: Uuid::now_v7(),
         contact_id,
@@ -487,8 +523,8 @@ fn event_row(m: &Message, contact_id: Uuid) -> EventRow {
         occurred_at: m.timestamp,
         source: m.source.as_str().to_string(),
         message_id: m.message_id.clone(),
-        properties: Value::Object(properties),
-        context: Some(Value::Object(ctx)),
+        properties: serde_json::to_string(&properties).unwrap_or_else(|_| "{}".into()),
+        context: serde_json::to_string(&context).ok(),
     }
 }
 
@@ -677,7 +713,7 @@ impl<'t> Resolver<'t> {
             occurred_at: m.timestamp.min(self.now),
             source: m.source.as_str().into(),
             message_id: None,
-            properties: props,
+            properties: props.to_string(),
             context: None,
         }));
         self.has_user_id.insert(id, false);
@@ -979,11 +1015,10 @@ impl<'t> Resolver<'t> {
     }
 
     async fn message(&mut self, m: &Message) -> Result<(), StoreError> {
-        let touch = attribution(m);
         let target = match m.kind {
-            MessageType::Alias => self.alias(m, touch.as_ref()).await?,
+            MessageType::Alias => self.alias(m, None).await?,
             _ => {
-                let (target, apply_email) = self.resolve(m, touch.as_ref()).await?;
+                let (target, apply_email) = self.resolve(m, None).await?;
                 if m.kind == MessageType::Identify {
                     self.identify(m, target, apply_email).await?;
                 }
@@ -991,18 +1026,27 @@ impl<'t> Resolver<'t> {
             }
         };
         let target = self.follow(target);
-        if let Some(src) = touch {
+        // Attribution is worked out only for a contact that may still lack a first touch
+        // (most events come from contacts that have one).
+        if self.may_need_source(target)
+            && let Some(src) = attribution(m)
+        {
             self.touch(target, src);
         }
-        let mut row = event_row(m, target);
-        if m.kind == MessageType::Group {
-            let company = self.group(m, target).await?;
-            if let Value::Object(p) = &mut row.properties {
-                p.insert("company_id".into(), company.to_string().into());
-            }
-        }
-        self.rows.push(Some(row));
+        let company = match m.kind {
+            MessageType::Group => Some(self.group(m, target).await?),
+            _ => None,
+        };
+        self.rows.push(Some(event_row(m, target, company)));
         Ok(())
+    }
+
+    /// Whether a contact may have no first-touch source yet.
+    fn may_need_source(&self, id: Uuid) -> bool {
+        match self.slots.get(&id) {
+            Some(s) => s.c.source.is_empty(),
+            None => !self.cache.sourced.contains(&id) && !self.first_touch_seen.contains(&id),
+        }
     }
 
     /// Records first-touch attribution for a contact that may not have any yet.
@@ -1080,7 +1124,7 @@ impl<'t> Resolver<'t> {
                 occurred_at: m.timestamp.min(self.now),
                 source: m.source.as_str().into(),
                 message_id: None,
-                properties: props,
+                properties: props.to_string(),
                 context: None,
             }));
         }

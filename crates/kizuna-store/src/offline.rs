@@ -133,7 +133,7 @@ impl Store {
                             occurred_at: now,
                             source: opts.source.clone(),
                             message_id: None,
-                            properties: json!({"email": m}),
+                            properties: json!({"email": m}).to_string(),
                             context: None,
                         });
                         created.push(c);
@@ -192,8 +192,8 @@ impl Store {
                 occurred_at: e.occurred_at,
                 source: opts.source.clone(),
                 message_id: e.message_id.clone(),
-                properties: Value::Object(e.properties.clone()),
-                context: Some(Value::Object(ctx)),
+                properties: serde_json::to_string(&e.properties).unwrap_or_else(|_| "{}".into()),
+                context: Some(Value::Object(ctx).to_string()),
             });
             stored += 1;
         }
