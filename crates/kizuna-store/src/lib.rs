@@ -238,7 +238,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db
             .reader()
-            .fetch_one::<db::One<i64>>("SELECT 1", vec![])
+            .fetch_one::<db::One<i64>>("SELECT CAST(1 AS BIGINT)", vec![])
             .await
             .map(|_| ())
     }
