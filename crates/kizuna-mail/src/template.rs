@@ -12,6 +12,7 @@
 //! | `owner` | the contact's owner: `name`, `email`, `title`, `phone`, `signature` |
 //! | `sender` | the sender identity: `name`, `email`, `organization`, `postal_address` |
 //! | `unsubscribe_url`, `preferences_url`, `view_in_browser_url` | signed per-message links |
+//! | `confirm_url` | the double opt-in link (in a confirmation mail; empty elsewhere) |
 //!
 //! `default` falls back on missing, null **and empty** values, so
 //! `{{ contact.last_name | default("ご担当者") }}様` reads 「ご担当者様」 for a contact without a
@@ -231,6 +232,7 @@ const TOP_LEVEL: &[&str] = &[
     "unsubscribe_url",
     "preferences_url",
     "view_in_browser_url",
+    "confirm_url",
 ];
 /// Names minijinja itself provides.
 const BUILTIN_GLOBALS: &[&str] = &["range", "dict", "namespace", "loop", "self", "super"];
@@ -281,6 +283,10 @@ impl RenderContext<'_> {
         m.insert(
             "view_in_browser_url",
             Value::from(self.urls.view_in_browser.as_str()),
+        );
+        m.insert(
+            "confirm_url",
+            Value::from(self.urls.confirm.as_deref().unwrap_or_default()),
         );
         Value::from(m)
     }
@@ -536,7 +542,11 @@ fn check_mjml_elements(src: &str) -> Result<(), MailError> {
             i = rest.find("-->").map_or(src.len(), |e| lt + e + 3);
             continue;
         }
-        let name_start = if rest.starts_with("</") { lt + 2 } else { lt + 1 };
+        let name_start = if rest.starts_with("</") {
+            lt + 2
+        } else {
+            lt + 1
+        };
         let name: &str = src[name_start..]
             .split(|c: char| c.is_whitespace() || c == '>' || c == '/')
             .next()
@@ -798,6 +808,7 @@ impl Probes {
                 preferences: "https://example.jp/p/x".into(),
                 view_in_browser: "https://example.jp/v/x".into(),
                 unsubscribe_mailto: None,
+                confirm: Some("https://example.jp/confirm/x".into()),
             },
         }
     }

@@ -5,7 +5,7 @@
 //! [`db`]'s query layer; modules are named for what they keep, in the marketer's vocabulary:
 //! [`contacts`], [`companies`], [`fields`], [`lists`], [`events`] (the timeline), [`merges`],
 //! [`imports`] and [`csv_import`], [`keys`] (API and write keys), [`users`] (sales reps and marketers),
-//! [`suppressions`]. Migrations ([`migrate`]) are numbered, one folder per backend, and run on start.
+//! [`suppressions`], and [`email`] (templates, senders, consents, the outbox, broadcasts). Migrations ([`migrate`]) are numbered, one folder per backend, and run on start.
 #![deny(missing_docs)]
 
 pub mod db;
@@ -14,6 +14,7 @@ pub mod migrate;
 pub mod companies;
 pub mod contacts;
 pub mod csv_import;
+pub mod email;
 pub mod events;
 pub mod fields;
 pub mod imports;

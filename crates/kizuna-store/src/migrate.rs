@@ -12,12 +12,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "lead_database",
-    sqlite: include_str!("../migrations/sqlite/0001_lead_database.sql"),
-    postgres: include_str!("../migrations/postgres/0001_lead_database.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "lead_database",
+        sqlite: include_str!("../migrations/sqlite/0001_lead_database.sql"),
+        postgres: include_str!("../migrations/postgres/0001_lead_database.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "mail",
+        sqlite: include_str!("../migrations/sqlite/0003_mail.sql"),
+        postgres: include_str!("../migrations/postgres/0003_mail.sql"),
+    },
+];
 
 /// The newest schema version this binary knows.
 pub fn latest_version() -> i64 {
@@ -51,7 +59,12 @@ pub async fn run(db: &Db) -> Result<Vec<i64>, StoreError> {
         )));
     }
     let mut done = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+    // Every migration not yet applied, in order (not only those above the highest applied:
+    // numbers are assigned to parallel branches, which may land out of order).
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| !applied.iter().any(|a| a.0 == m.version))
+    {
         let sql = match tx.dialect() {
             Dialect::Sqlite => m.sqlite,
             Dialect::Postgres => m.postgres,

@@ -114,10 +114,7 @@ impl Server {
         key: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(key);
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(key);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -128,7 +125,8 @@ impl Server {
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(reqwest::Method::GET, path, &self.admin, None).await
+        self.call(reqwest::Method::GET, path, &self.admin, None)
+            .await
     }
 
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
@@ -210,7 +208,12 @@ async fn every_api_route_needs_a_key_with_the_right_scope() {
             s.backend
         );
         let (st, body) = s
-            .call(reqwest::Method::GET, "/api/v1/contacts", "kz_live_nonsense", None)
+            .call(
+                reqwest::Method::GET,
+                "/api/v1/contacts",
+                "kz_live_nonsense",
+                None,
+            )
             .await;
         assert_eq!(st, StatusCode::UNAUTHORIZED);
         assert_eq!(error_of(&body).0, "invalid_api_key");
@@ -229,7 +232,11 @@ async fn every_api_route_needs_a_key_with_the_right_scope() {
             .await;
         assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
         assert_eq!(error_of(&body).0, "insufficient_scope");
-        assert_eq!(s.contact_count().await, 0, "a refused write changes nothing");
+        assert_eq!(
+            s.contact_count().await,
+            0,
+            "a refused write changes nothing"
+        );
     }
 }
 
@@ -276,7 +283,10 @@ async fn contacts_round_trip_over_http() {
 
         // The same e-mail twice is a conflict naming the field.
         let (st, body) = s
-            .post("/api/v1/contacts", json!({"email": "HANAKO.tanaka@example.co.jp"}))
+            .post(
+                "/api/v1/contacts",
+                json!({"email": "HANAKO.tanaka@example.co.jp"}),
+            )
             .await;
         assert_eq!(st, StatusCode::CONFLICT);
         assert_eq!(error_of(&body), ("conflict".into(), Some("email".into())));
@@ -314,11 +324,31 @@ async fn contacts_round_trip_over_http() {
 async fn bad_input_is_named_and_changes_nothing() {
     for s in servers().await {
         let cases: Vec<(Value, StatusCode, Option<&str>)> = vec![
-            (json!({"email": "not an address"}), StatusCode::UNPROCESSABLE_ENTITY, Some("email")),
-            (json!({"email": "a@example.com", "favourite_colour": "blue"}), StatusCode::UNPROCESSABLE_ENTITY, Some("favourite_colour")),
-            (json!({"email": "a@example.com", "first_name": 42}), StatusCode::UNPROCESSABLE_ENTITY, Some("first_name")),
-            (json!({"email": "a@example.com", "lifecycle_stage": "hot lead"}), StatusCode::UNPROCESSABLE_ENTITY, Some("lifecycle_stage")),
-            (json!({"email": "a@example.com", "custom": {"no_such_field": 1}}), StatusCode::UNPROCESSABLE_ENTITY, Some("custom.no_such_field")),
+            (
+                json!({"email": "not an address"}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("email"),
+            ),
+            (
+                json!({"email": "a@example.com", "favourite_colour": "blue"}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("favourite_colour"),
+            ),
+            (
+                json!({"email": "a@example.com", "first_name": 42}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("first_name"),
+            ),
+            (
+                json!({"email": "a@example.com", "lifecycle_stage": "hot lead"}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("lifecycle_stage"),
+            ),
+            (
+                json!({"email": "a@example.com", "custom": {"no_such_field": 1}}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("custom.no_such_field"),
+            ),
         ];
         for (body, want, field) in cases {
             let (st, err) = s.post("/api/v1/contacts", body.clone()).await;
@@ -327,28 +357,60 @@ async fn bad_input_is_named_and_changes_nothing() {
         }
         // Broken JSON is a 400; a non-JSON content type a 415.
         let (st, err) = s
-            .raw(reqwest::Method::POST, "/api/v1/contacts", "application/json", "{\"email\":")
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/contacts",
+                "application/json",
+                "{\"email\":",
+            )
             .await;
-        assert_eq!((st, error_of(&err).0.as_str()), (StatusCode::BAD_REQUEST, "invalid_json"));
+        assert_eq!(
+            (st, error_of(&err).0.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_json")
+        );
         let (st, _) = s
-            .raw(reqwest::Method::POST, "/api/v1/contacts", "text/xml", "<contact/>")
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/contacts",
+                "text/xml",
+                "<contact/>",
+            )
             .await;
         assert_eq!(st, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         // A body over the JSON limit is a 413.
         let huge = json!({"email": "a@example.com", "last_name": "x".repeat(2 * 1024 * 1024)});
         let (st, err) = s.post("/api/v1/contacts", huge).await;
-        assert_eq!((st, error_of(&err).0.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+        assert_eq!(
+            (st, error_of(&err).0.as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+        );
         // Unknown query parameters and bad cursors are named.
         let (st, err) = s.get("/api/v1/contacts?colour=blue").await;
-        assert_eq!((st, error_of(&err).1.as_deref()), (StatusCode::BAD_REQUEST, Some("colour")));
+        assert_eq!(
+            (st, error_of(&err).1.as_deref()),
+            (StatusCode::BAD_REQUEST, Some("colour"))
+        );
         let (st, err) = s.get("/api/v1/contacts?cursor=garbage").await;
-        assert_eq!((st, error_of(&err).1.as_deref()), (StatusCode::BAD_REQUEST, Some("cursor")));
+        assert_eq!(
+            (st, error_of(&err).1.as_deref()),
+            (StatusCode::BAD_REQUEST, Some("cursor"))
+        );
         // Unknown ids are 404s, unknown routes too.
-        let (st, _) = s.get("/api/v1/contacts/0190f3a4-0000-7000-8000-000000000000").await;
+        let (st, _) = s
+            .get("/api/v1/contacts/0190f3a4-0000-7000-8000-000000000000")
+            .await;
         assert_eq!(st, StatusCode::NOT_FOUND);
         let (st, err) = s.get("/api/v1/no-such-thing").await;
-        assert_eq!((st, error_of(&err).0.as_str()), (StatusCode::NOT_FOUND, "not_found"));
-        assert_eq!(s.contact_count().await, 0, "{}: nothing was created", s.backend);
+        assert_eq!(
+            (st, error_of(&err).0.as_str()),
+            (StatusCode::NOT_FOUND, "not_found")
+        );
+        assert_eq!(
+            s.contact_count().await,
+            0,
+            "{}: nothing was created",
+            s.backend
+        );
     }
 }
 
@@ -357,7 +419,10 @@ async fn listing_paginates_with_cursors() {
     for s in servers().await {
         for i in 0..7 {
             let (st, _) = s
-                .post("/api/v1/contacts", json!({"email": format!("p{i}@example.com")}))
+                .post(
+                    "/api/v1/contacts",
+                    json!({"email": format!("p{i}@example.com")}),
+                )
                 .await;
             assert_eq!(st, StatusCode::CREATED);
         }
@@ -368,7 +433,10 @@ async fn listing_paginates_with_cursors() {
             assert_eq!(st, StatusCode::OK, "{page}");
             let data = page["data"].as_array().unwrap();
             assert!(data.len() <= 3);
-            seen.extend(data.iter().map(|c| c["email"].as_str().unwrap().to_string()));
+            seen.extend(
+                data.iter()
+                    .map(|c| c["email"].as_str().unwrap().to_string()),
+            );
             match page["next_cursor"].as_str() {
                 Some(c) => path = format!("/api/v1/contacts?limit=3&cursor={c}"),
                 None => break,
@@ -378,7 +446,11 @@ async fn listing_paginates_with_cursors() {
         let want: Vec<String> = (0..7).map(|i| format!("p{i}@example.com")).collect();
         assert_eq!(seen, want, "{}: every contact exactly once", s.backend);
         let (st, err) = s.get("/api/v1/contacts?limit=0").await;
-        assert_eq!(st, StatusCode::OK, "limit 0 is clamped, not an error: {err}");
+        assert_eq!(
+            st,
+            StatusCode::OK,
+            "limit 0 is clamped, not an error: {err}"
+        );
     }
 }
 
@@ -393,12 +465,18 @@ async fn custom_fields_are_typed_over_http() {
             .await;
         assert_eq!(st, StatusCode::CREATED, "{}: {f}", s.backend);
         let (st, c) = s
-            .post("/api/v1/contacts", json!({"email": "a@example.com", "custom": {"interest": "高"}}))
+            .post(
+                "/api/v1/contacts",
+                json!({"email": "a@example.com", "custom": {"interest": "高"}}),
+            )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{c}");
         assert_eq!(c["custom"]["interest"], "高");
         let (st, err) = s
-            .post("/api/v1/contacts", json!({"email": "b@example.com", "custom": {"interest": "とても高い"}}))
+            .post(
+                "/api/v1/contacts",
+                json!({"email": "b@example.com", "custom": {"interest": "とても高い"}}),
+            )
             .await;
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(error_of(&err).1.as_deref(), Some("custom.interest"));
@@ -426,7 +504,10 @@ async fn companies_are_matched_by_domain() {
             .await;
         assert_eq!(st, StatusCode::CREATED, "{}: {co}", s.backend);
         let (_, c) = s
-            .post("/api/v1/contacts", json!({"email": "taro@yamada-shoji.co.jp"}))
+            .post(
+                "/api/v1/contacts",
+                json!({"email": "taro@yamada-shoji.co.jp"}),
+            )
             .await;
         assert_eq!(c["company_id"], co["id"], "joined by e-mail domain");
         let (_, page) = s.get("/api/v1/companies?domain=yamada-shoji.co.jp").await;
@@ -434,7 +515,10 @@ async fn companies_are_matched_by_domain() {
     }
 }
 
-const SJIS_FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tradeshow-2026-10.sjis.csv");
+const SJIS_FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fixtures/tradeshow-2026-10.sjis.csv"
+);
 
 #[tokio::test]
 async fn a_shift_jis_trade_show_list_is_uploaded_and_merged() {
@@ -460,7 +544,10 @@ async fn a_shift_jis_trade_show_list_is_uploaded_and_merged() {
         assert_eq!(s.contact_count().await, 11);
         let id = report["import_id"].as_str().unwrap();
         let (st, rec) = s.get(&format!("/api/v1/imports/{id}")).await;
-        assert_eq!((st, rec["status"].as_str()), (StatusCode::OK, Some("succeeded")));
+        assert_eq!(
+            (st, rec["status"].as_str()),
+            (StatusCode::OK, Some("succeeded"))
+        );
 
         // The same file again changes nobody: everyone is matched by e-mail.
         let (st, again) = s
@@ -490,7 +577,12 @@ async fn a_file_with_a_bad_row_imports_nothing_and_names_it() {
 
         // With skip_invalid the good rows go in and the bad one is listed.
         let (st, report) = s
-            .raw(reqwest::Method::POST, "/api/v1/imports?skip_invalid=true", "text/csv", csv)
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/imports?skip_invalid=true",
+                "text/csv",
+                csv,
+            )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{report}");
         assert_eq!(report["summary"]["skipped"], 1);
@@ -498,7 +590,12 @@ async fn a_file_with_a_bad_row_imports_nothing_and_names_it() {
 
         // Garbage, empty bodies and unknown mappings are refused cleanly.
         let (st, err) = s
-            .raw(reqwest::Method::POST, "/api/v1/imports", "text/csv", vec![0u8, 159, 146, 150, 0, 0, 1])
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/imports",
+                "text/csv",
+                vec![0u8, 159, 146, 150, 0, 0, 1],
+            )
             .await;
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
         let (st, _) = s
@@ -506,7 +603,12 @@ async fn a_file_with_a_bad_row_imports_nothing_and_names_it() {
             .await;
         assert_eq!(st, StatusCode::BAD_REQUEST);
         let (st, err) = s
-            .raw(reqwest::Method::POST, "/api/v1/imports?map=email%3Dno_such_field", "text/csv", csv)
+            .raw(
+                reqwest::Method::POST,
+                "/api/v1/imports?map=email%3Dno_such_field",
+                "text/csv",
+                csv,
+            )
             .await;
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
         assert_eq!(s.contact_count().await, 2);
