@@ -1,9 +1,11 @@
 //! The `kizuna` command: the server and the operator's tools, in one binary.
 
 mod bench;
+mod bench_send;
 mod cli;
 mod config;
 mod demo;
+mod mail;
 mod serve;
 mod transfer;
 

@@ -54,7 +54,27 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    let mail_cfg = file.mail.clone().unwrap_or_default().with_env()?;
+    let (email, worker) = crate::mail::build(
+        &mail_cfg,
+        &store,
+        clock.clone(),
+        &addr.to_string(),
+        store_cfg
+            .database_url
+            .is_none()
+            .then_some(store_cfg.data_dir.as_path()),
+    )
+    .await?;
+    let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+    let worker_task = worker.map(|w| {
+        let mut rx = worker_stopped.clone();
+        tokio::spawn(w.run(async move {
+            let _ = rx.changed().await;
+        }))
+    });
     let config = WebConfig {
+        email: Some(email),
         max_import_bytes: file.max_import_mib.unwrap_or(512) * 1024 * 1024,
         spool_dir: if store_cfg.database_url.is_none() {
             store_cfg.data_dir.join("spool")
@@ -73,6 +93,10 @@ pub async fn run(
     tracing::info!(%addr, "kizuna listening on http://{addr}");
     kizuna_web::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped accepting requests; in-flight requests finished");
+    let _ = stop_worker.send(true);
+    if let Some(t) = worker_task {
+        let _ = t.await;
+    }
     store.close().await;
     tracing::info!("database closed; bye");
     Ok(ExitCode::SUCCESS)
