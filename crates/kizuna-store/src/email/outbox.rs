@@ -687,17 +687,17 @@ impl Store {
         now: DateTime<Utc>,
         own_previous_run: Option<&str>,
     ) -> Result<(u64, u64), StoreError> {
-        let owner = own_previous_run.unwrap_or("\u{0}no owner");
+        let owner = own_previous_run.unwrap_or("");
         let mut tx = self.db().begin().await?;
         let requeued = tx
             .execute(
-                "UPDATE email_messages SET state = 'queued', lease_owner = NULL, lease_until = NULL WHERE state = 'sending' AND handed_at IS NULL AND (lease_until < $1 OR lease_owner = $2)",
+                "UPDATE email_messages SET state = 'queued', lease_owner = NULL, lease_until = NULL WHERE state = 'sending' AND handed_at IS NULL AND (lease_until < $1 OR (lease_owner = $2 AND $2 <> ''))",
                 args![now, owner],
             )
             .await?;
         let ambiguous = tx
             .execute(
-                "UPDATE email_messages SET state = 'ambiguous', last_error = 'the node sending it stopped before the SMTP result was recorded', lease_owner = NULL, lease_until = NULL WHERE state = 'sending' AND handed_at IS NOT NULL AND (lease_until < $1 OR lease_owner = $2)",
+                "UPDATE email_messages SET state = 'ambiguous', last_error = 'the node sending it stopped before the SMTP result was recorded', lease_owner = NULL, lease_until = NULL WHERE state = 'sending' AND handed_at IS NOT NULL AND (lease_until < $1 OR (lease_owner = $2 AND $2 <> ''))",
                 args![now, owner],
             )
             .await?;
