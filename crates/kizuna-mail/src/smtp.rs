@@ -320,7 +320,10 @@ impl SmtpSender {
                 timed(
                     cfg.timeout,
                     || Stage::Connect,
-                    AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.inner.hello),
+                    AsyncSmtpConnection::connect_with_transport(
+                        Box::new(stream),
+                        &self.inner.hello,
+                    ),
                 )
                 .await?
             }

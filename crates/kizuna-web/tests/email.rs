@@ -39,7 +39,15 @@ fn free_port() -> u16 {
 fn start_aiosmtpd(dir: &Path) -> (Peer, u16) {
     let port = free_port();
     let child = Command::new(PY)
-        .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-c",
+            "aiosmtpd.handlers.Mailbox",
+        ])
         .arg(dir)
         .spawn()
         .expect("aiosmtpd: run scripts/test-peers");
@@ -56,7 +64,14 @@ fn start_aiosmtpd(dir: &Path) -> (Peer, u16) {
 fn rsa_key(dir: &Path) -> PathBuf {
     let key = dir.join("dkim.pem");
     let ok = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&key)
         .status()
         .unwrap()
@@ -84,8 +99,17 @@ fn dkimpy_verify(raw: &[u8], dns_record: &str, dir: &Path) -> String {
     let script = format!(
         "import dkim,sys\nmsg=open(sys.argv[1],'rb').read()\nrec={dns_record:?}.encode()\nd=dkim.DKIM(msg)\nok=d.verify(dnsfunc=lambda name, timeout=5: rec)\nprint('PASS' if ok else 'FAIL', b','.join(d.include_headers).decode() if d.include_headers else '')\n"
     );
-    let out = Command::new(PY).arg("-c").arg(script).arg(&f).output().unwrap();
-    assert!(out.status.success(), "dkimpy: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(PY)
+        .arg("-c")
+        .arg(script)
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dkimpy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -125,7 +149,13 @@ async fn stores(dir: &Path) -> Vec<(&'static str, Store)> {
     v
 }
 
-async fn env(backend: &'static str, store: Store, smtp_port: u16, dkim: DkimSigner, clock: ManualClock) -> Env {
+async fn env(
+    backend: &'static str,
+    store: Store,
+    smtp_port: u16,
+    dkim: DkimSigner,
+    clock: ManualClock,
+) -> Env {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let base = format!("http://{addr}");
@@ -134,7 +164,9 @@ async fn env(backend: &'static str, store: Store, smtp_port: u16, dkim: DkimSign
     settings.dkim = vec![dkim];
     settings.webhook_secret = Some("hook-secret".into());
     let clock: kizuna_core::clock::SharedClock = Arc::new(clock);
-    let svc = EmailService::new(store.clone(), clock.clone(), settings).await.unwrap();
+    let svc = EmailService::new(store.clone(), clock.clone(), settings)
+        .await
+        .unwrap();
     let mut cfg = SmtpConfig::new("127.0.0.1", smtp_port);
     cfg.max_connections = 2;
     let worker = Worker::new(
@@ -177,8 +209,16 @@ async fn env(backend: &'static str, store: Store, smtp_port: u16, dkim: DkimSign
 }
 
 impl Env {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = self.http.request(method, format!("{}/api/v1{path}", self.base)).bearer_auth(&self.key);
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.key);
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -214,26 +254,52 @@ async fn mail_reaches_a_real_smtp_server_signed_and_one_click_unsubscribe_stops_
         let b = e.backend;
 
         // Setup over the API.
-        assert_eq!(e.post("/subscription-types", json!({"name": "newsletter", "label": "メールマガジン"})).await.0, StatusCode::CREATED);
+        assert_eq!(
+            e.post(
+                "/subscription-types",
+                json!({"name": "newsletter", "label": "メールマガジン"})
+            )
+            .await
+            .0,
+            StatusCode::CREATED
+        );
         let (st, sender) = e.post("/senders", json!({"name": "株式会社キズナ セミナー事務局", "email": "seminar@kizuna.example.jp", "organization": "株式会社キズナ", "postal_address": "〒100-0001 東京都千代田区千代田1-1"})).await;
         assert_eq!(st, StatusCode::CREATED, "{b}: {sender}");
         // A template with an error is refused, naming the part and line.
-        let (st, err) = e.post("/templates", json!({"name": "bad", "subject": "x", "html": "<p>\n{{ contact.lst_name }}</p>"})).await;
+        let (st, err) = e
+            .post(
+                "/templates",
+                json!({"name": "bad", "subject": "x", "html": "<p>\n{{ contact.lst_name }}</p>"}),
+            )
+            .await;
         assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
         assert_eq!(err["error"]["field"], "html", "{b}: {err}");
         assert_eq!(err["error"]["details"]["line"], 2, "{b}: {err}");
         let (st, tpl) = e.post("/templates", json!({"name": "seminar", "subject": "{{ contact.last_name | default(\"ご担当者\") }}様へ セミナーのご案内", "mjml": MJML})).await;
         assert_eq!(st, StatusCode::CREATED, "{b}: {tpl}");
-        let (_, company) = e.post("/companies", json!({"name": "株式会社ヤマダ製作所", "industry": "製造業"})).await;
+        let (_, company) = e
+            .post(
+                "/companies",
+                json!({"name": "株式会社ヤマダ製作所", "industry": "製造業"}),
+            )
+            .await;
         let (st, contact) = e.post("/contacts", json!({"email": "taro@yamada.example.jp", "last_name": "山田", "first_name": "太郎", "company_id": company["id"]})).await;
         assert_eq!(st, StatusCode::CREATED, "{b}: {contact}");
         let cid = contact["id"].as_str().unwrap().to_string();
         // Preview as the contact: personalization, industry block and footer.
-        let (st, p) = e.post(&format!("/templates/{}/preview", tpl["id"].as_str().unwrap()), json!({"contact_id": cid})).await;
+        let (st, p) = e
+            .post(
+                &format!("/templates/{}/preview", tpl["id"].as_str().unwrap()),
+                json!({"contact_id": cid}),
+            )
+            .await;
         assert_eq!(st, StatusCode::OK, "{b}: {p}");
         assert_eq!(p["subject"], "山田様へ セミナーのご案内");
         let html = p["html"].as_str().unwrap();
-        assert!(html.contains("株式会社ヤマダ製作所 山田様") && html.contains("製造業向け"), "{b}");
+        assert!(
+            html.contains("株式会社ヤマダ製作所 山田様") && html.contains("製造業向け"),
+            "{b}"
+        );
         assert!(html.contains("〒100-0001"), "{b}: footer");
 
         // No consent yet: a marketing send is skipped.
@@ -241,8 +307,14 @@ async fn mail_reaches_a_real_smtp_server_signed_and_one_click_unsubscribe_stops_
         let (st, m0) = e.post("/emails", send("k0")).await;
         assert_eq!(st, StatusCode::CREATED, "{b}: {m0}");
         e.worker.tick().await.unwrap();
-        let (_, m0) = e.get(&format!("/emails/{}", m0["id"].as_str().unwrap())).await;
-        assert_eq!((m0["state"].as_str(), m0["skip_reason"].as_str()), (Some("skipped"), Some("no_consent")), "{b}");
+        let (_, m0) = e
+            .get(&format!("/emails/{}", m0["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(
+            (m0["state"].as_str(), m0["skip_reason"].as_str()),
+            (Some("skipped"), Some("no_consent")),
+            "{b}"
+        );
 
         // Consent with its wording, then the send.
         let (st, c) = e.post("/consents", json!({"contact_id": cid, "subscription_type": "newsletter", "status": "granted", "source": "form", "wording": "セミナー情報をメールで受け取る", "wording_version": "2026-10", "ip": "203.0.113.9", "user_agent": "Mozilla/5.0"})).await;
@@ -250,7 +322,11 @@ async fn mail_reaches_a_real_smtp_server_signed_and_one_click_unsubscribe_stops_
         let (st, m1) = e.post("/emails", send("k1")).await;
         assert_eq!(st, StatusCode::CREATED, "{b}");
         let (st, again) = e.post("/emails", send("k1")).await;
-        assert_eq!((st, &again["id"]), (StatusCode::OK, &m1["id"]), "{b}: duplicate enqueue is a no-op");
+        assert_eq!(
+            (st, &again["id"]),
+            (StatusCode::OK, &m1["id"]),
+            "{b}: duplicate enqueue is a no-op"
+        );
         let r = e.worker.tick().await.unwrap();
         assert_eq!(r.sent, 1, "{b}: {r:?}");
         let got = maildir_messages(&maildir);
@@ -259,23 +335,46 @@ async fn mail_reaches_a_real_smtp_server_signed_and_one_click_unsubscribe_stops_
         let verdict = dkimpy_verify(raw, &dns, tmp.path());
         assert!(verdict.starts_with("PASS"), "{b}: dkimpy: {verdict}");
         let signed = verdict.to_ascii_lowercase();
-        assert!(signed.contains("list-unsubscribe") && signed.contains("list-unsubscribe-post"), "{b}: {verdict}");
+        assert!(
+            signed.contains("list-unsubscribe") && signed.contains("list-unsubscribe-post"),
+            "{b}: {verdict}"
+        );
         let msg = MessageParser::default().parse(raw).unwrap();
         assert_eq!(msg.subject(), Some("山田様へ セミナーのご案内"));
         let lu = msg.header_raw("List-Unsubscribe").unwrap().to_string();
-        assert_eq!(msg.header_raw("List-Unsubscribe-Post").unwrap().trim(), "List-Unsubscribe=One-Click");
+        assert_eq!(
+            msg.header_raw("List-Unsubscribe-Post").unwrap().trim(),
+            "List-Unsubscribe=One-Click"
+        );
         let body = msg.body_html(0).unwrap().to_string();
         let text = msg.body_text(0).unwrap().to_string();
         assert!(body.contains("株式会社ヤマダ製作所 山田様"), "{b}");
-        assert!(text.contains("株式会社キズナ") && text.contains("〒100-0001 東京都千代田区千代田1-1"), "{b}: footer in text");
+        assert!(
+            text.contains("株式会社キズナ") && text.contains("〒100-0001 東京都千代田区千代田1-1"),
+            "{b}: footer in text"
+        );
         assert!(text.contains("/u/"), "{b}: unsubscribe link in the footer");
 
         // Click: the signed redirect; a forged one is a 400 without a Location.
-        let click = body.split("href=\"").filter_map(|s| s.split('"').next()).find(|u| u.contains("/c/")).unwrap().replace("&amp;", "&");
+        let click = body
+            .split("href=\"")
+            .filter_map(|s| s.split('"').next())
+            .find(|u| u.contains("/c/"))
+            .unwrap()
+            .replace("&amp;", "&");
         clock.advance(chrono::Duration::minutes(5));
-        let res = e.http.get(&click).header("user-agent", "Mozilla/5.0 (Macintosh) AppleWebKit").send().await.unwrap();
+        let res = e
+            .http
+            .get(&click)
+            .header("user-agent", "Mozilla/5.0 (Macintosh) AppleWebKit")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::FOUND, "{b}");
-        assert_eq!(res.headers()["location"], "https://example.jp/seminar?id=42");
+        assert_eq!(
+            res.headers()["location"],
+            "https://example.jp/seminar?id=42"
+        );
         let mut forged = click.clone();
         forged.pop();
         forged.push(if click.ends_with('A') { 'B' } else { 'A' });
@@ -284,40 +383,109 @@ async fn mail_reaches_a_real_smtp_server_signed_and_one_click_unsubscribe_stops_
         assert!(res.headers().get("location").is_none());
 
         // Unsubscribe: GET only shows a page, POST (RFC 8058) unsubscribes, no cookie, no redirect.
-        let url = lu.split('<').nth(1).unwrap().split('>').next().unwrap().to_string();
+        let url = lu
+            .split('<')
+            .nth(1)
+            .unwrap()
+            .split('>')
+            .next()
+            .unwrap()
+            .to_string();
         let res = e.http.get(&url).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         let (_, states) = e.get(&format!("/contacts/{cid}/consents")).await;
-        assert_eq!(states["current"][0]["status"], "granted", "{b}: GET changes nothing");
-        let res = e.http.post(&url).header("content-type", "application/x-www-form-urlencoded").body("List-Unsubscribe=One-Click").send().await.unwrap();
+        assert_eq!(
+            states["current"][0]["status"], "granted",
+            "{b}: GET changes nothing"
+        );
+        let res = e
+            .http
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{b}");
-        assert!(res.headers().get("set-cookie").is_none() && res.headers().get("location").is_none());
+        assert!(
+            res.headers().get("set-cookie").is_none() && res.headers().get("location").is_none()
+        );
         let (_, states) = e.get(&format!("/contacts/{cid}/consents")).await;
         assert_eq!(states["current"][0]["status"], "withdrawn", "{b}");
-        assert_eq!(states["ledger"].as_array().unwrap().len(), 2, "{b}: the ledger keeps both");
+        assert_eq!(
+            states["ledger"].as_array().unwrap().len(),
+            2,
+            "{b}: the ledger keeps both"
+        );
 
         // The next send skips the contact; the server receives nothing new.
         let (_, m2) = e.post("/emails", send("k2")).await;
         e.worker.tick().await.unwrap();
-        let (_, m2) = e.get(&format!("/emails/{}", m2["id"].as_str().unwrap())).await;
-        assert_eq!((m2["state"].as_str(), m2["skip_reason"].as_str()), (Some("skipped"), Some("unsubscribed")), "{b}");
+        let (_, m2) = e
+            .get(&format!("/emails/{}", m2["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(
+            (m2["state"].as_str(), m2["skip_reason"].as_str()),
+            (Some("skipped"), Some("unsubscribed")),
+            "{b}"
+        );
         assert_eq!(maildir_messages(&maildir).len(), 1, "{b}");
 
         // Everything is on the timeline for the engine.
         let (_, tl) = e.get(&format!("/contacts/{cid}/timeline?limit=100")).await;
-        let types: Vec<&str> = tl["data"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-        for t in ["email.sent", "email.clicked", "email.unsubscribed", "consent.granted", "consent.withdrawn"] {
+        let types: Vec<&str> = tl["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        for t in [
+            "email.sent",
+            "email.clicked",
+            "email.unsubscribed",
+            "consent.granted",
+            "consent.withdrawn",
+        ] {
             assert!(types.contains(&t), "{b}: {t} missing from {types:?}");
         }
         // Metrics per template.
-        let (_, mt) = e.get(&format!("/templates/{}/metrics", tpl["id"].as_str().unwrap())).await;
-        assert_eq!((mt["sent"].as_i64(), mt["unique_clicks"].as_i64(), mt["unsubscribes"].as_i64(), mt["skipped"].as_i64()), (Some(1), Some(1), Some(1), Some(2)), "{b}: {mt}");
+        let (_, mt) = e
+            .get(&format!(
+                "/templates/{}/metrics",
+                tpl["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(
+            (
+                mt["sent"].as_i64(),
+                mt["unique_clicks"].as_i64(),
+                mt["unsubscribes"].as_i64(),
+                mt["skipped"].as_i64()
+            ),
+            (Some(1), Some(1), Some(1), Some(2)),
+            "{b}: {mt}"
+        );
 
         // A hard bounce from a SendGrid webhook suppresses the address.
         let hook = json!([{"email": "taro@yamada.example.jp", "event": "bounce", "type": "bounce", "status": "5.1.1", "reason": "550 5.1.1 user unknown", "timestamp": 1790000000}]);
-        let res = e.http.post(format!("{}/email/feedback/sendgrid?key=wrong", e.base)).json(&hook).send().await.unwrap();
+        let res = e
+            .http
+            .post(format!("{}/email/feedback/sendgrid?key=wrong", e.base))
+            .json(&hook)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{b}");
-        let res = e.http.post(format!("{}/email/feedback/sendgrid?key=hook-secret", e.base)).json(&hook).send().await.unwrap();
+        let res = e
+            .http
+            .post(format!(
+                "{}/email/feedback/sendgrid?key=hook-secret",
+                e.base
+            ))
+            .json(&hook)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{b}");
         let (_, sup) = e.get("/suppressions?email=taro@yamada.example.jp").await;
         assert_eq!(sup["reason"], "hard_bounce", "{b}: {sup}");

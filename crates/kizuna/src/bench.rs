@@ -313,7 +313,10 @@ async fn bench_import(rows: u64, shift_jis: bool, pg: Option<String>) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) async fn insert_plain(tx: &mut kizuna_store::db::Tx, batch: &[Contact]) -> anyhow::Result<()> {
+pub(crate) async fn insert_plain(
+    tx: &mut kizuna_store::db::Tx,
+    batch: &[Contact],
+) -> anyhow::Result<()> {
     let mut sql = String::from(
         "INSERT INTO contacts (id, email, first_name, last_name, phone, job_title, department, company_id, lifecycle_stage, temperature, owner_id, source, address, custom, created_at, updated_at) VALUES ",
     );

@@ -12,7 +12,7 @@
 use anyhow::{Context, bail};
 use chrono::Utc;
 use futures_util::StreamExt;
-use kizuna_core::clock::{Clock, SharedClock, SystemClock};
+use kizuna_core::clock::{SharedClock, SystemClock};
 use kizuna_delivery::{EmailService, EmailSettings, Worker, WorkerConfig};
 use kizuna_mail::bench::{sample_composer, sample_contacts, sample_sender, sample_template};
 use kizuna_mail::compose::{Author, BuiltMessage, MessageSpec};
@@ -53,13 +53,20 @@ fn start_sink(given: Option<String>) -> anyhow::Result<Sink> {
     let bin = ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
-        .context("postfix's smtp-sink not found: run scripts/test-peers (or pass --smtp HOST:PORT)")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        .context(
+            "postfix's smtp-sink not found: run scripts/test-peers (or pass --smtp HOST:PORT)",
+        )?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = std::process::Command::new(bin);
     // As root smtp-sink needs a user to switch to.
     if std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
     {
         cmd.args(["-u", "nobody"]);
@@ -129,13 +136,24 @@ fn dkim_signer(kind: &str, dir: &std::path::Path) -> anyhow::Result<DkimSigner> 
         "rsa" => {
             let key = dir.join("dkim.pem");
             let st = std::process::Command::new("openssl")
-                .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+                .args([
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                ])
                 .arg(&key)
                 .stderr(std::process::Stdio::null())
                 .status()
                 .context("openssl is needed to make an RSA key (or use --dkim ed25519)")?;
             anyhow::ensure!(st.success(), "openssl genpkey failed");
-            Ok(DkimSigner::from_pem_file("kizuna.example.jp", "bench", &key)?)
+            Ok(DkimSigner::from_pem_file(
+                "kizuna.example.jp",
+                "bench",
+                &key,
+            )?)
         }
         other => bail!("--dkim is rsa or ed25519, not {other:?}"),
     }
@@ -146,17 +164,21 @@ async fn send_all(
     concurrency: usize,
     messages: impl futures_util::Stream<Item = Arc<BuiltMessage>>,
 ) -> (usize, usize) {
-    let sent = messages
+    messages
         .map(|m| {
             let s = sender.clone();
-            async move { matches!(s.send(&m.envelope, &m.bytes).await, SendOutcome::Sent { .. }) }
+            async move {
+                matches!(
+                    s.send(&m.envelope, &m.bytes).await,
+                    SendOutcome::Sent { .. }
+                )
+            }
         })
         .buffer_unordered(concurrency)
         .fold((0usize, 0usize), |(ok, bad), r| async move {
             if r { (ok + 1, bad) } else { (ok, bad + 1) }
         })
-        .await;
-    sent
+        .await
 }
 
 fn line(name: &str, n: usize, ok: usize, m: (f64, f64, Option<f64>)) -> f64 {
@@ -165,7 +187,8 @@ fn line(name: &str, n: usize, ok: usize, m: (f64, f64, Option<f64>)) -> f64 {
         "{name:<13} {n:>9} {ok:>9} {rate:>12.0} {:>9.2} {:>11.0}% {:>10}",
         m.0,
         m.1,
-        m.2.map(|s| format!("{s:.0}%")).unwrap_or_else(|| "-".into())
+        m.2.map(|s| format!("{s:.0}%"))
+            .unwrap_or_else(|| "-".into())
     );
     rate
 }
@@ -185,19 +208,30 @@ pub async fn run(
     cfg.max_messages_per_connection = 100_000;
     let sender = SmtpSender::new(cfg)?;
     let signer = dkim_signer(dkim, tmp.path())?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     println!(
         "kizuna bench send — {n} messages, {connections} SMTP connections to {} ({}), DKIM {dkim}, {cores} cores",
         sink.addr,
-        if sink.child.is_some() { "postfix smtp-sink" } else { "given sink" }
+        if sink.child.is_some() {
+            "postfix smtp-sink"
+        } else {
+            "given sink"
+        }
     );
-    let per = kizuna_mail::bench::render_and_sign_per_second(2000.min(n.max(1)), (dkim == "rsa").then_some(&signer))?;
+    let per = kizuna_mail::bench::render_and_sign_per_second(
+        2000.min(n.max(1)),
+        (dkim == "rsa").then_some(&signer),
+    )?;
     println!(
         "per message on one core: render {:.1} µs (MJML {:?}; {:.1} µs re-rendering MJML each time), DKIM rsa {} µs, ed25519 {:.1} µs, {} bytes",
         per.render_us,
         per.mjml_strategy,
         per.render_mjml_per_message_us,
-        per.dkim_rsa_us.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into()),
+        per.dkim_rsa_us
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or_else(|| "-".into()),
         per.dkim_ed25519_us,
         per.message_bytes
     );
@@ -273,12 +307,7 @@ pub async fn run(
         }));
     }
     drop(tx);
-    let (ok, _) = send_all(
-        &sender,
-        connections * 4,
-        tokio_stream_of(rx),
-    )
-    .await;
+    let (ok, _) = send_all(&sender, connections * 4, tokio_stream_of(rx)).await;
     for t in threads {
         let _ = t.join();
     }
@@ -341,16 +370,23 @@ async fn bench_outbox(
         batch.push(c);
         if batch.len() == 1000 || i + 1 == n {
             crate::bench::insert_plain(&mut tx, &batch).await?;
-            let mut sql = String::from("INSERT INTO list_members (contact_id, list_id, added_at) VALUES ");
+            let mut sql =
+                String::from("INSERT INTO list_members (contact_id, list_id, added_at) VALUES ");
             let mut a = Vec::new();
             for (k, c) in batch.iter().enumerate() {
                 if k > 0 {
                     sql.push(',');
                 }
-                sql.push_str(&format!("(${},${},${})", a.len() + 1, a.len() + 2, a.len() + 3));
+                sql.push_str(&format!(
+                    "(${},${},${})",
+                    a.len() + 1,
+                    a.len() + 2,
+                    a.len() + 3
+                ));
                 a.extend(kizuna_store::args![c.id, list.id, now]);
             }
-            tx.execute(kizuna_store::db::assert_sql_safe(sql), a).await?;
+            tx.execute(kizuna_store::db::assert_sql_safe(sql), a)
+                .await?;
             batch.clear();
         }
     }
@@ -444,7 +480,9 @@ async fn bench_outbox(
         },
     );
     let m = Meter::new(sink);
-    store.schedule_broadcast(b.id, clock.now(), clock.now()).await?;
+    store
+        .schedule_broadcast(b.id, clock.now(), clock.now())
+        .await?;
     let mut sent = 0u64;
     loop {
         let r = worker.tick().await?;

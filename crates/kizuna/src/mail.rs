@@ -140,14 +140,20 @@ pub async fn build(
         let selector = cfg.dkim_selector.clone().unwrap_or_else(|| "kizuna".into());
         let signer = DkimSigner::from_pem_file(&domain, &selector, file)
             .with_context(|| format!("DKIM key {}", file.display()))?;
-        tracing::info!(dns = signer.dns_name(), "DKIM signing on; publish: {}", signer.dns_record());
+        tracing::info!(
+            dns = signer.dns_name(),
+            "DKIM signing on; publish: {}",
+            signer.dns_record()
+        );
         s.dkim.push(signer);
     }
     let svc = EmailService::new(store.clone(), clock.clone(), s)
         .await
         .context("email settings")?;
     let Some(host) = &cfg.smtp_host else {
-        tracing::warn!("email delivery is off: set KIZUNA_SMTP_HOST (see docs/email.md); messages stay queued");
+        tracing::warn!(
+            "email delivery is off: set KIZUNA_SMTP_HOST (see docs/email.md); messages stay queued"
+        );
         return Ok((svc, None));
     };
     let mut smtp = SmtpConfig::new(host, cfg.smtp_port.unwrap_or(25));
