@@ -90,8 +90,9 @@ pub async fn run(
         clock,
         config: Arc::new(config),
     };
+    let shutdown = shutdown_signal()?;
     tracing::info!(%addr, "kizuna listening on http://{addr}");
-    kizuna_web::serve(listener, state, shutdown_signal()).await?;
+    kizuna_web::serve(listener, state, shutdown).await?;
     tracing::info!("stopped accepting requests; in-flight requests finished");
     let _ = stop_worker.send(true);
     if let Some(t) = worker_task {
@@ -124,25 +125,18 @@ async fn load_demo(store: &Store, clock: &dyn Clock) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers for SIGTERM and Ctrl-C now, and returns a future that resolves on either. The
+/// handlers must exist before the server says it is listening: a signal that arrives earlier
+/// would otherwise kill the process instead of stopping it gracefully.
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown requested; finishing in-flight work");
+        tracing::info!("shutdown requested; finishing in-flight work");
+    })
 }
