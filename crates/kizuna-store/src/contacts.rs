@@ -360,6 +360,7 @@ impl Store {
         }
         tx.execute("DELETE FROM events WHERE contact_id = $1", args![id])
             .await?;
+        crate::email::erase_contact(&mut tx, id).await?;
         tx.execute("DELETE FROM list_members WHERE contact_id = $1", args![id])
             .await?;
         tx.execute("DELETE FROM identities WHERE contact_id = $1", args![id])

@@ -6,7 +6,7 @@
 //! [`contacts`], [`companies`], [`fields`], [`lists`], [`events`] (the timeline), [`merges`],
 //! [`imports`] and [`csv_import`], [`ingest`] and [`ingestor`] (tracked events: identity
 //! resolution and group commit), [`keys`] (API and write keys), [`users`] (sales reps and marketers),
-//! [`suppressions`]. Migrations ([`migrate`]) are numbered, one folder per backend, and run on start.
+//! [`suppressions`], and [`email`] (templates, senders, consents, the outbox, broadcasts). Migrations ([`migrate`]) are numbered, one folder per backend, and run on start.
 #![deny(missing_docs)]
 
 pub mod db;
@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod companies;
 pub mod contacts;
 pub mod csv_import;
+pub mod email;
 pub mod events;
 pub mod fields;
 pub mod imports;

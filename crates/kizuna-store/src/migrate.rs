@@ -25,6 +25,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_tracking.sql"),
         postgres: include_str!("../migrations/postgres/0002_tracking.sql"),
     },
+    Migration {
+        version: 3,
+        name: "mail",
+        sqlite: include_str!("../migrations/sqlite/0003_mail.sql"),
+        postgres: include_str!("../migrations/postgres/0003_mail.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.
@@ -59,7 +65,12 @@ pub async fn run(db: &Db) -> Result<Vec<i64>, StoreError> {
         )));
     }
     let mut done = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+    // Every migration not yet applied, in order (not only those above the highest applied:
+    // numbers are assigned to parallel branches, which may land out of order).
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| !applied.iter().any(|a| a.0 == m.version))
+    {
         let sql = match tx.dialect() {
             Dialect::Sqlite => m.sqlite,
             Dialect::Postgres => m.postgres,

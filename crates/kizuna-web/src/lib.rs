@@ -2,6 +2,8 @@
 //!
 //! - [`api`]: the REST API under `/api/v1/`, authenticated by API keys with scopes.
 //! - [`health`]: `/healthz` and Prometheus `/metrics`.
+//! - [`email`]: public email endpoints for recipients (open pixel, click redirect, one-click
+//!   unsubscribe, preference center, double opt-in) and bounce/complaint intake.
 //! - [`error`]: the one error type, rendered as the contract's JSON error shape.
 //! - [`extract`]: JSON/query extractors that name bad fields, and the `Auth` extractor.
 //! - [`tracking`]: the Segment-compatible `/v1/*` endpoints and the `/kizuna.js` snippet.
@@ -11,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod email;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -43,6 +46,7 @@ fn build(state: AppState, tracking: Router<AppState>) -> Router {
     Router::new()
         .merge(health::router())
         .merge(tracking)
+        .merge(email::router())
         .nest("/api/v1", api::router(&state))
         .fallback(|| async { error::ApiError::not_found("route") })
         .layer(middleware::from_fn(record_metrics))
@@ -72,7 +76,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     health::install_metrics();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

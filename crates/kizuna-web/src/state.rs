@@ -13,6 +13,9 @@ pub struct WebConfig {
     pub max_json_bytes: usize,
     /// Where uploads are spooled before an import reads them.
     pub spool_dir: PathBuf,
+    /// The email channel (templates, outbox, tracking, unsubscribe); `None` answers 503 on
+    /// email routes.
+    pub email: Option<std::sync::Arc<kizuna_delivery::EmailService>>,
 }
 
 impl Default for WebConfig {
@@ -21,6 +24,7 @@ impl Default for WebConfig {
             max_import_bytes: 512 * 1024 * 1024,
             max_json_bytes: 1024 * 1024,
             spool_dir: std::env::temp_dir(),
+            email: None,
         }
     }
 }

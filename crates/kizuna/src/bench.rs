@@ -50,6 +50,26 @@ pub enum Subject {
         #[arg(long, env = "KIZUNA_BENCH_DATABASE_URL")]
         database_url: Option<String>,
     },
+    /// Email sending: personalized MJML + footer + tracking + DKIM through the pooled SMTP
+    /// client to a local sink, next to the ceiling (one pre-rendered message through the same
+    /// client to the same sink), then the full durable outbox path (SQLite, broadcast).
+    Send {
+        /// Messages per measurement.
+        #[arg(long, default_value_t = 100_000)]
+        recipients: usize,
+        /// SMTP sink `HOST:PORT`; default: start postfix's `smtp-sink` on a free port.
+        #[arg(long)]
+        smtp: Option<String>,
+        /// SMTP connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// DKIM algorithm: `rsa` (2048-bit, key made with openssl) or `ed25519`.
+        #[arg(long, default_value = "rsa")]
+        dkim: String,
+        /// Recipients of the outbox measurement (0 skips it); default: `--recipients`.
+        #[arg(long)]
+        outbox_recipients: Option<usize>,
+    },
 }
 
 pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
@@ -73,6 +93,22 @@ pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
                 visitors,
                 database_url,
             })
+            .await
+        }
+        Subject::Send {
+            recipients,
+            smtp,
+            connections,
+            dkim,
+            outbox_recipients,
+        } => {
+            crate::bench_send::run(
+                recipients,
+                smtp,
+                connections,
+                &dkim,
+                outbox_recipients.unwrap_or(recipients),
+            )
             .await
         }
     }
@@ -334,7 +370,10 @@ async fn bench_import(rows: u64, shift_jis: bool, pg: Option<String>) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-async fn insert_plain(tx: &mut kizuna_store::db::Tx, batch: &[Contact]) -> anyhow::Result<()> {
+pub(crate) async fn insert_plain(
+    tx: &mut kizuna_store::db::Tx,
+    batch: &[Contact],
+) -> anyhow::Result<()> {
     let mut sql = String::from(
         "INSERT INTO contacts (id, email, first_name, last_name, phone, job_title, department, company_id, lifecycle_stage, temperature, owner_id, source, address, custom, created_at, updated_at) VALUES ",
     );

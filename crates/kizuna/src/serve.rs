@@ -39,7 +39,6 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let (store_cfg, file) = store_args.resolve()?;
     init_logging(file.log_format.as_deref());
-    let shutdown = shutdown_signal();
     let listen = listen
         .or(file.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -57,7 +56,27 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    let mail_cfg = file.mail.clone().unwrap_or_default().with_env()?;
+    let (email, worker) = crate::mail::build(
+        &mail_cfg,
+        &store,
+        clock.clone(),
+        &addr.to_string(),
+        store_cfg
+            .database_url
+            .is_none()
+            .then_some(store_cfg.data_dir.as_path()),
+    )
+    .await?;
+    let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+    let worker_task = worker.map(|w| {
+        let mut rx = worker_stopped.clone();
+        tokio::spawn(w.run(async move {
+            let _ = rx.changed().await;
+        }))
+    });
     let config = WebConfig {
+        email: Some(email),
         max_import_bytes: file.max_import_mib.unwrap_or(512) * 1024 * 1024,
         spool_dir: if store_cfg.database_url.is_none() {
             store_cfg.data_dir.join("spool")
@@ -81,9 +100,14 @@ pub async fn run(
         config: Arc::new(config),
         tracking: Arc::new(Tracking::new(ingestor)),
     };
+    let shutdown = shutdown_signal()?;
     tracing::info!(%addr, "kizuna listening on http://{addr}");
     kizuna_web::serve(listener, state, shutdown).await?;
     tracing::info!("stopped accepting requests; in-flight requests finished");
+    let _ = stop_worker.send(true);
+    if let Some(t) = worker_task {
+        let _ = t.await;
+    }
     store.close().await;
     tracing::info!("database closed; bye");
     Ok(ExitCode::SUCCESS)
@@ -111,42 +135,18 @@ async fn load_demo(store: &Store, clock: &dyn Clock) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when the
-/// future is first polled, so a signal that arrives while the server is starting is not lost
-/// (nor does it kill the process with the default action).
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    #[cfg(unix)]
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-    async move {
-        #[cfg(unix)]
-        {
-            let term = async {
-                match term.as_mut() {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            let int = async {
-                match int.as_mut() {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = term => {},
-                _ = int => {},
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
+/// Registers for SIGTERM and Ctrl-C now, and returns a future that resolves on either. The
+/// handlers must exist before the server says it is listening: a signal that arrives earlier
+/// would otherwise kill the process instead of stopping it gracefully.
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = interrupt.recv() => {},
         }
         tracing::info!("shutdown requested; finishing in-flight work");
-    }
+    })
 }

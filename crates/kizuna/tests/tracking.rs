@@ -191,7 +191,9 @@ async fn timeline(base: &str, key: &str, id: &str) -> Vec<Value> {
 }
 
 fn python(script: &str, args: &[&str]) {
-    let out = Command::new("python3")
+    // The same interpreter scripts/test-peers installs the SDKs into.
+    let py = std::env::var("KIZUNA_TEST_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+    let out = Command::new(py)
         .arg("-c")
         .arg(script)
         .args(args)

@@ -3,6 +3,7 @@
 pub mod companies;
 pub mod contacts;
 pub mod events;
+pub mod email;
 pub mod fields;
 pub mod imports;
 pub mod keys;
@@ -26,6 +27,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(lists::router())
         .merge(users::router())
         .merge(keys::router())
+        .merge(email::router())
         .merge(openapi::router())
         .layer(DefaultBodyLimit::max(state.config.max_json_bytes))
         .merge(imports::router(state))
