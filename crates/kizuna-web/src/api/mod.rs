@@ -2,8 +2,8 @@
 
 pub mod companies;
 pub mod contacts;
-pub mod events;
 pub mod email;
+pub mod events;
 pub mod fields;
 pub mod imports;
 pub mod keys;
