@@ -37,7 +37,9 @@
 mod attribution;
 mod json;
 mod message;
+pub mod offline;
 mod timestamps;
+pub mod traits;
 mod url;
 
 pub use attribution::{

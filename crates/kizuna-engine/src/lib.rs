@@ -135,3 +135,11 @@ impl Engine {
         &self.inner.clock
     }
 }
+
+/// The tracking writer wakes the engine after each group commit, so new events are scored and
+/// segmented at once rather than at the next poll.
+impl kizuna_store::ingestor::CommitHook for Engine {
+    fn committed(&self, _committed: &kizuna_store::ingest::Ingested) {
+        self.wake();
+    }
+}

@@ -198,14 +198,25 @@ impl Composer {
         spec: &MessageSpec<'_>,
     ) -> Result<BuiltMessage, MailError> {
         let urls = self.links.message_urls(spec.message_id);
+        self.build_with_urls(template, spec, &urls)
+    }
+
+    /// [`Composer::build`] with the per-message URLs given (e.g. with a double opt-in
+    /// `confirm` link added).
+    pub fn build_with_urls(
+        &self,
+        template: &CompiledTemplate,
+        spec: &MessageSpec<'_>,
+        urls: &MessageUrls,
+    ) -> Result<BuiltMessage, MailError> {
         let rendered = template.render(&RenderContext {
             contact: spec.contact,
             company: spec.company,
             owner: spec.owner,
             sender: spec.sender,
-            urls: &urls,
+            urls,
         })?;
-        self.compose_with_urls(&rendered, template.kind(), spec, &urls)
+        self.compose_with_urls(&rendered, template.kind(), spec, urls)
     }
 
     /// Composes and signs an already rendered message (e.g. a preview approved by a person).
@@ -238,14 +249,7 @@ impl Composer {
         let marketing = kind == TemplateKind::Marketing;
 
         // Bodies: footer, then tracking (the footer's own links are never rewritten).
-        let mut text = rendered.text.clone();
-        let mut html = rendered.html.clone();
-        if marketing {
-            append_text_footer(&mut text, spec.sender, urls);
-            if let Some(h) = html.as_mut() {
-                insert_before_body_end(h, &html_footer(spec.sender, urls));
-            }
-        }
+        let Rendered { text, mut html, .. } = with_footer(rendered, kind, spec.sender, urls);
         let mut links = Vec::new();
         if let Some(h) = html.as_mut() {
             let tracked = track_html(h, &self.links, spec.message_id, spec.tracking);
@@ -390,6 +394,24 @@ impl Composer {
             bytes,
         })
     }
+}
+
+/// The bodies as the recipient will read them, before tracking and MIME: with the legal footer
+/// when `kind` is marketing. Previews show this.
+pub fn with_footer(
+    rendered: &Rendered,
+    kind: TemplateKind,
+    sender: &SenderIdentity,
+    urls: &MessageUrls,
+) -> Rendered {
+    let mut out = rendered.clone();
+    if kind == TemplateKind::Marketing {
+        append_text_footer(&mut out.text, sender, urls);
+        if let Some(h) = out.html.as_mut() {
+            insert_before_body_end(h, &html_footer(sender, urls));
+        }
+    }
+    out
 }
 
 fn html_escape(s: &str) -> String {

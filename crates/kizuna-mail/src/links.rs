@@ -89,6 +89,8 @@ pub struct MessageUrls {
     pub view_in_browser: String,
     /// `mailto:unsubscribe+TOKEN@domain`, when an unsubscribe mailbox is configured.
     pub unsubscribe_mailto: Option<String>,
+    /// The double opt-in confirmation link, in a confirmation mail (`confirm_url`).
+    pub confirm: Option<String>,
 }
 
 /// Creates and verifies signed links for one installation.
@@ -294,6 +296,7 @@ impl LinkSigner {
             preferences: self.preferences_url(message_id),
             view_in_browser: self.view_url(message_id),
             unsubscribe_mailto: self.unsubscribe_mailto(message_id),
+            confirm: None,
         }
     }
 

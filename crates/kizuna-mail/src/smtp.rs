@@ -283,17 +283,51 @@ impl SmtpSender {
             TlsMode::Implicit => self.inner.tls.clone(),
             _ => None,
         };
-        let mut conn = timed(cfg.timeout, || Stage::Connect, async {
-            AsyncSmtpConnection::connect_tokio1(
-                (cfg.host.as_str(), cfg.port),
-                Some(cfg.timeout),
-                &self.inner.hello,
-                implicit,
-                None,
-            )
-            .await
-        })
-        .await?;
+        let mut conn = match implicit {
+            Some(tls) => {
+                timed(cfg.timeout, || Stage::Connect, async {
+                    AsyncSmtpConnection::connect_tokio1(
+                        (cfg.host.as_str(), cfg.port),
+                        Some(cfg.timeout),
+                        &self.inner.hello,
+                        Some(tls),
+                        None,
+                    )
+                    .await
+                })
+                .await?
+            }
+            None => {
+                // Our own socket, with Nagle off: the command/reply exchange of SMTP otherwise
+                // stalls on delayed ACKs (~40 ms per message on loopback).
+                let stream = match tokio::time::timeout(
+                    cfg.timeout,
+                    tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port)),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        return Err(Failure {
+                            stage: Stage::Connect,
+                            code: None,
+                            text: format!("connecting to {}:{}: {e}", cfg.host, cfg.port),
+                        });
+                    }
+                    Err(_) => return Err(timeout_failure(Stage::Connect)),
+                };
+                let _ = stream.set_nodelay(true);
+                timed(
+                    cfg.timeout,
+                    || Stage::Connect,
+                    AsyncSmtpConnection::connect_with_transport(
+                        Box::new(stream),
+                        &self.inner.hello,
+                    ),
+                )
+                .await?
+            }
+        };
         if cfg.tls == TlsMode::StartTls {
             let params = self.inner.tls.clone().ok_or_else(|| Failure {
                 stage: Stage::Connect,

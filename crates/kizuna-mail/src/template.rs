@@ -12,6 +12,7 @@
 //! | `owner` | the contact's owner: `name`, `email`, `title`, `phone`, `signature` |
 //! | `sender` | the sender identity: `name`, `email`, `organization`, `postal_address` |
 //! | `unsubscribe_url`, `preferences_url`, `view_in_browser_url` | signed per-message links |
+//! | `confirm_url` | the double opt-in link (in a confirmation mail; empty elsewhere) |
 //!
 //! `default` falls back on missing, null **and empty** values, so
 //! `{{ contact.last_name | default("ご担当者") }}様` reads 「ご担当者様」 for a contact without a
@@ -231,6 +232,7 @@ const TOP_LEVEL: &[&str] = &[
     "unsubscribe_url",
     "preferences_url",
     "view_in_browser_url",
+    "confirm_url",
 ];
 /// Names minijinja itself provides.
 const BUILTIN_GLOBALS: &[&str] = &["range", "dict", "namespace", "loop", "self", "super"];
@@ -281,6 +283,10 @@ impl RenderContext<'_> {
         m.insert(
             "view_in_browser_url",
             Value::from(self.urls.view_in_browser.as_str()),
+        );
+        m.insert(
+            "confirm_url",
+            Value::from(self.urls.confirm.as_deref().unwrap_or_default()),
         );
         Value::from(m)
     }
@@ -438,6 +444,9 @@ impl Template {
                 .get_template(part.env_name())
                 .map_err(|e| template_error(*part, &e))?;
             check_variables(*part, src, &tmpl.undeclared_variables(true), options)?;
+            if *part == TemplatePart::Mjml {
+                check_mjml_elements(src)?;
+            }
         }
         let mut compiled = CompiledTemplate {
             env,
@@ -478,6 +487,84 @@ impl Template {
         }
         Ok(compiled)
     }
+}
+
+/// Every element MJML 4 defines. mrml parses unknown `mj-*` elements without complaint (and
+/// renders them as nothing), so a typo such as `<mj-buton>` would silently drop content: the
+/// names are checked here instead, as the reference MJML validator does.
+const MJML_ELEMENTS: &[&str] = &[
+    "mjml",
+    "mj-head",
+    "mj-body",
+    "mj-attributes",
+    "mj-all",
+    "mj-class",
+    "mj-breakpoint",
+    "mj-font",
+    "mj-html-attributes",
+    "mj-html-attribute",
+    "mj-selector",
+    "mj-preview",
+    "mj-style",
+    "mj-title",
+    "mj-accordion",
+    "mj-accordion-element",
+    "mj-accordion-title",
+    "mj-accordion-text",
+    "mj-button",
+    "mj-carousel",
+    "mj-carousel-image",
+    "mj-column",
+    "mj-divider",
+    "mj-group",
+    "mj-hero",
+    "mj-image",
+    "mj-navbar",
+    "mj-navbar-link",
+    "mj-raw",
+    "mj-section",
+    "mj-social",
+    "mj-social-element",
+    "mj-spacer",
+    "mj-table",
+    "mj-text",
+    "mj-wrapper",
+];
+
+/// Refuses start or end tags of elements MJML does not define (outside comments), naming the
+/// line. `mj-include` is refused too: templates never read files.
+fn check_mjml_elements(src: &str) -> Result<(), MailError> {
+    let mut i = 0;
+    while let Some(off) = src[i..].find('<') {
+        let lt = i + off;
+        let rest = &src[lt..];
+        if rest.starts_with("<!--") {
+            i = rest.find("-->").map_or(src.len(), |e| lt + e + 3);
+            continue;
+        }
+        let name_start = if rest.starts_with("</") {
+            lt + 2
+        } else {
+            lt + 1
+        };
+        let name: &str = src[name_start..]
+            .split(|c: char| c.is_whitespace() || c == '>' || c == '/')
+            .next()
+            .unwrap_or_default();
+        if (name == "mjml" || name.starts_with("mj-")) && !MJML_ELEMENTS.contains(&name) {
+            return Err(MailError::Template {
+                part: TemplatePart::Mjml,
+                line: Some(line_of(src, lt)),
+                message: if name == "mj-include" {
+                    "mj-include is not allowed: a template cannot read files".into()
+                } else {
+                    format!("unknown MJML element <{name}>")
+                },
+            });
+        }
+        i = lt + 1;
+    }
+    Ok(())
 }
 
 fn check_variables(
@@ -721,6 +808,7 @@ impl Probes {
                 preferences: "https://example.jp/p/x".into(),
                 view_in_browser: "https://example.jp/v/x".into(),
                 unsubscribe_mailto: None,
+                confirm: Some("https://example.jp/confirm/x".into()),
             },
         }
     }
@@ -1153,6 +1241,23 @@ mod tests {
     }
 
     #[test]
+    fn unknown_mjml_elements_are_refused_outside_comments() {
+        let (part, line, msg) = compile_err(mjml_template(
+            "<mjml><mj-body><mj-section><mj-column>\n<mj-buton href=\"https://x.jp\">x</mj-buton>\n</mj-column></mj-section></mj-body></mjml>",
+        ));
+        assert_eq!((part, line), (TemplatePart::Mjml, Some(2)), "{msg}");
+        assert!(msg.contains("mj-buton"), "{msg}");
+        let (_, _, msg) = compile_err(mjml_template(
+            "<mjml><mj-body><mj-include path=\"/etc/passwd\" /></mj-body></mjml>",
+        ));
+        assert!(msg.contains("mj-include"), "{msg}");
+        let ok = mjml_template(
+            "<mjml><mj-body><!-- <mj-old> --><mj-section><mj-column><mj-text>x</mj-text></mj-column></mj-section></mj-body></mjml>",
+        );
+        assert!(ok.compile().is_ok());
+    }
+
+    #[test]
     fn fuel_stops_runaway_templates() {
         let (part, _, msg) = compile_err(html_template(
             "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
@@ -1190,21 +1295,5 @@ mod tests {
         assert_eq!(srcs, vec![r#"{{ "}}" }}"#, "{% if x %}", "{# note #}"]);
         assert!(jinja_tags("{% raw %}{{ x }}{% endraw %}").is_none());
         assert!(jinja_tags("{{ x").is_none());
-    }
-}
-#[cfg(test)]
-mod scratch {
-    #[test]
-    fn scratch_mrml_errors() {
-        for src in [
-            "<mjml>\n<mj-body>\n<mj-section>\n<mj-column>\n<mj-text>x</mj-button>\n</mj-column>\n</mj-section>\n</mj-body></mjml>",
-            "<mjml>\n<mj-body>\n<mj-section>\n<mj-column>\n<mj-text>x</mj-text>\n</mj-column>\n</mj-section>\n<mj-column></mj-column>\n</mj-body></mjml>",
-            "<mjml>\n<mj-body>\n<mj-section>\n<mj-column>\n<mj-text>x</mj-text>\n</mj-column>\n</mj-section>\n<mj-image src=\"x\" src=\"y\" />\n</mj-body></mjml>",
-            "<mjml>\n<mj-body>\n<mj-section>\n<mj-column>\n<mj-text>x</mj-text>\n</mj-column>\n</mj-section>\n<mj-section <\n</mj-body></mjml>",
-            "<mjml>\n<mj-body>\n<mj-section>\n<mj-column>\n<mj-text>x</mj-text>\n</mj-column>\n</mj-section>\n<foo></foo>\n</mj-body></mjml>",
-            "<mjml>\n<mj-body>\nhello\n</mj-body></mjml>",
-        ] {
-            println!("{:?}", mrml::parse(src).map(|_| ()));
-        }
     }
 }

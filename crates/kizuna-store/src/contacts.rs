@@ -353,13 +353,17 @@ impl Store {
     /// mailed again. Returns whether a contact was erased.
     pub async fn erase_contact(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.db().begin().await?;
+        crate::ingest::lock_identities(&mut tx).await?;
         let c = get_in(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
         if let Some(email) = &c.email {
             suppressions::add(&mut tx, email, "erased", now).await?;
         }
         tx.execute("DELETE FROM events WHERE contact_id = $1", args![id])
             .await?;
+        crate::email::erase_contact(&mut tx, id).await?;
         tx.execute("DELETE FROM list_members WHERE contact_id = $1", args![id])
+            .await?;
+        tx.execute("DELETE FROM identities WHERE contact_id = $1", args![id])
             .await?;
         tx.execute(
             "DELETE FROM merges WHERE survivor_id = $1 OR merged_id = $1",

@@ -66,6 +66,9 @@ pub struct Event {
     pub message_id: Option<String>,
     /// Details.
     pub properties: Value,
+    /// For tracked events: the message's context (page, campaign, user agent, library), its
+    /// ids and the client's own times. `null` for events Kizuna raises itself.
+    pub context: Option<Value>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -79,6 +82,7 @@ struct EventRow {
     source: String,
     message_id: Option<String>,
     properties: Json<Value>,
+    context: Option<Json<Value>>,
 }
 
 impl From<EventRow> for Event {
@@ -92,6 +96,7 @@ impl From<EventRow> for Event {
             source: r.source,
             message_id: r.message_id,
             properties: r.properties.0,
+            context: r.context.map(|c| c.0),
         }
     }
 }
@@ -183,7 +188,7 @@ impl Store {
         limit: u32,
     ) -> Result<Page<Event>, StoreError> {
         let mut sql = String::from(
-            "SELECT id, contact_id, type, occurred_at, received_at, source, message_id, properties FROM events WHERE contact_id = $1",
+            "SELECT id, contact_id, type, occurred_at, received_at, source, message_id, properties, context FROM events WHERE contact_id = $1",
         );
         let mut a = args![contact_id];
         if let Some(c) = cursor {

@@ -4,10 +4,13 @@
 //! (to scale out: several stateless nodes share one database). Queries are written once in
 //! [`db`]'s query layer; modules are named for what they keep, in the marketer's vocabulary:
 //! [`contacts`], [`companies`], [`fields`], [`lists`], [`events`] (the timeline), [`merges`],
-//! [`imports`] and [`csv_import`], [`keys`] (API and write keys), [`users`] (sales reps and marketers),
-//! [`suppressions`]; for the engine: [`log`] (the event log in commit order, checkpoints and
-//! leases), [`engine_state`] (per-contact features, scores, memberships, timers, effects),
-//! [`definitions`] (segments, scoring models) and [`sales`] (handoffs, tasks, notifications). Migrations ([`migrate`]) are numbered, one folder per backend, and run on start.
+//! [`imports`] and [`csv_import`], [`ingest`] and [`ingestor`] (tracked events: identity
+//! resolution and group commit), [`keys`] (API and write keys), [`users`] (sales reps and marketers),
+//! [`suppressions`], [`email`] (templates, senders, consents, the outbox, broadcasts); for the
+//! engine: [`log`] (the event log in commit order, checkpoints and leases), [`engine_state`]
+//! (per-contact features, scores, memberships, timers, effects), [`definitions`] (segments,
+//! scoring models) and [`sales`] (handoffs, tasks, notifications). Migrations ([`migrate`]) are
+//! numbered, one folder per backend, and run on start.
 #![deny(missing_docs)]
 
 pub mod db;
@@ -17,14 +20,18 @@ pub mod companies;
 pub mod contacts;
 pub mod csv_import;
 pub mod definitions;
+pub mod email;
 pub mod engine_state;
 pub mod events;
 pub mod fields;
 pub mod imports;
+pub mod ingest;
+pub mod ingestor;
 pub mod keys;
 pub mod lists;
 pub mod log;
 pub mod merges;
+pub mod offline;
 pub mod page;
 pub mod sales;
 pub mod suppressions;
@@ -244,7 +251,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.db
             .reader()
-            .fetch_one::<db::One<i64>>("SELECT 1", vec![])
+            .fetch_one::<db::One<i64>>("SELECT CAST(1 AS BIGINT)", vec![])
             .await
             .map(|_| ())
     }

@@ -1,7 +1,7 @@
 //! Merging two contacts that are one person, with a record that explains and can undo it.
 
 use crate::contacts::{get_in, insert, save};
-use crate::db::{One, from_micros};
+use crate::db::{One, Tx, from_micros};
 use crate::events::{NewEvent, append};
 use crate::{Store, StoreError, args};
 use chrono::{DateTime, Utc};
@@ -57,94 +57,11 @@ impl Store {
         now: DateTime<Utc>,
         source: &str,
     ) -> Result<MergeRecord, StoreError> {
-        if survivor_id == other_id {
-            return Err(StoreError::invalid(
-                "other_id",
-                "same_contact",
-                "a contact cannot be merged into itself",
-            ));
-        }
         let mut tx = self.db().begin().await?;
-        let survivor = get_in(&mut tx, survivor_id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        let other = get_in(&mut tx, other_id).await?.ok_or_else(|| {
-            StoreError::invalid(
-                "other_id",
-                "unknown_contact",
-                format!("no contact with id {other_id}"),
-            )
-        })?;
-        let outcome = merge_contacts(&survivor, &other, now);
-
-        let moved_events: Vec<One<Uuid>> = tx
-            .fetch_all(
-                "SELECT id FROM events WHERE contact_id = $1",
-                args![other_id],
-            )
-            .await?;
-        let lists: Vec<One<Uuid>> = tx
-            .fetch_all(
-                "SELECT list_id FROM list_members WHERE contact_id = $1 AND list_id NOT IN (SELECT list_id FROM list_members WHERE contact_id = $2)",
-                args![other_id, survivor_id],
-            )
-            .await?;
-        tx.execute(
-            "UPDATE events SET contact_id = $1 WHERE contact_id = $2",
-            args![survivor_id, other_id],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE list_members SET contact_id = $1 WHERE contact_id = $2 AND list_id NOT IN (SELECT list_id FROM list_members WHERE contact_id = $1)",
-            args![survivor_id, other_id],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM list_members WHERE contact_id = $1",
-            args![other_id],
-        )
-        .await?;
-        // The other's e-mail must be free before the survivor may take it.
-        tx.execute("DELETE FROM contacts WHERE id = $1", args![other_id])
-            .await?;
-        save(&mut tx, &outcome.contact).await?;
-
-        let moved = json!({
-            "events": moved_events.iter().map(|e| e.0).collect::<Vec<_>>(),
-            "lists": lists.iter().map(|l| l.0).collect::<Vec<_>>(),
-        });
-        let id = Uuid::now_v7();
-        tx.execute(
-            "INSERT INTO merges (id, survivor_id, merged_id, survivor_before, merged_before, conflicts, moved, merged_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-            args![
-                id,
-                survivor_id,
-                other_id,
-                serde_json::to_value(&survivor).unwrap_or_default(),
-                serde_json::to_value(&other).unwrap_or_default(),
-                serde_json::to_value(&outcome.conflicts).unwrap_or_default(),
-                moved.clone(),
-                now
-            ],
-        )
-        .await?;
-        append(
-            &mut tx,
-            vec![NewEvent::new(survivor_id, "contact.merged", now, source, json!({"merge_id": id, "merged_id": other_id, "merged_email": other.email, "conflicts": outcome.conflicts}))],
-            now,
-        )
-        .await?;
+        crate::ingest::lock_identities(&mut tx).await?;
+        let record = merge_in(&mut tx, survivor_id, other_id, now, source, false).await?;
         tx.commit().await?;
-        Ok(MergeRecord {
-            id,
-            survivor_id,
-            merged_id: other_id,
-            conflicts: outcome.conflicts,
-            moved: json!({"events": moved_events.len(), "lists": moved["lists"]}),
-            merged_at: now,
-            undone_at: None,
-            contact: Some(outcome.contact),
-        })
+        Ok(record)
     }
 
     /// Undoes a merge: both contacts return as they were before it, with their own events and
@@ -157,6 +74,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<MergeRecord, StoreError> {
         let mut tx = self.db().begin().await?;
+        crate::ingest::lock_identities(&mut tx).await?;
         let row: MergeRow = tx
             .fetch_optional(
                 "SELECT id, survivor_id, merged_id, survivor_before, merged_before, conflicts, moved, merged_at, undone_at FROM merges WHERE id = $1",
@@ -214,6 +132,9 @@ impl Store {
             )
             .await?;
         }
+        let identities: Vec<(String, String)> =
+            serde_json::from_value(row.moved.0["identities"].clone()).unwrap_or_default();
+        crate::ingest::restore_identities(&mut tx, &identities, merged.id).await?;
         tx.execute("DELETE FROM events WHERE contact_id = $1 AND type = 'contact.merged' AND occurred_at = $2", args![survivor.id, row.merged_at])
             .await?;
         tx.execute(
@@ -245,4 +166,111 @@ impl Store {
             contact: Some(survivor),
         })
     }
+}
+
+/// Merges `other` into `survivor` inside a transaction (see [`Store::merge_contacts`]). With
+/// `prefer_survivor`, the survivor's values win every conflict whatever the update times: used
+/// when an anonymous profile folds into a known contact, whose stage and fields must not be
+/// replaced by the profile's defaults. The merged contact's identities (cookie and user ids)
+/// move to the survivor and are listed in the record, so an undo moves them back.
+pub(crate) async fn merge_in(
+    tx: &mut Tx,
+    survivor_id: Uuid,
+    other_id: Uuid,
+    now: DateTime<Utc>,
+    source: &str,
+    prefer_survivor: bool,
+) -> Result<MergeRecord, StoreError> {
+    if survivor_id == other_id {
+        return Err(StoreError::invalid(
+            "other_id",
+            "same_contact",
+            "a contact cannot be merged into itself",
+        ));
+    }
+    let survivor = get_in(tx, survivor_id).await?.ok_or(StoreError::NotFound)?;
+    let other = get_in(tx, other_id).await?.ok_or_else(|| {
+        StoreError::invalid(
+            "other_id",
+            "unknown_contact",
+            format!("no contact with id {other_id}"),
+        )
+    })?;
+    let outcome = if prefer_survivor {
+        let mut older = other.clone();
+        older.updated_at = older.updated_at.min(survivor.updated_at);
+        merge_contacts(&survivor, &older, now)
+    } else {
+        merge_contacts(&survivor, &other, now)
+    };
+    let identities = crate::ingest::move_identities(tx, other_id, survivor_id).await?;
+
+    let moved_events: Vec<One<Uuid>> = tx
+        .fetch_all(
+            "SELECT id FROM events WHERE contact_id = $1",
+            args![other_id],
+        )
+        .await?;
+    let lists: Vec<One<Uuid>> = tx
+        .fetch_all(
+            "SELECT list_id FROM list_members WHERE contact_id = $1 AND list_id NOT IN (SELECT list_id FROM list_members WHERE contact_id = $2)",
+            args![other_id, survivor_id],
+        )
+        .await?;
+    tx.execute(
+        "UPDATE events SET contact_id = $1 WHERE contact_id = $2",
+        args![survivor_id, other_id],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE list_members SET contact_id = $1 WHERE contact_id = $2 AND list_id NOT IN (SELECT list_id FROM list_members WHERE contact_id = $1)",
+        args![survivor_id, other_id],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM list_members WHERE contact_id = $1",
+        args![other_id],
+    )
+    .await?;
+    // The other's e-mail must be free before the survivor may take it.
+    tx.execute("DELETE FROM contacts WHERE id = $1", args![other_id])
+        .await?;
+    save(tx, &outcome.contact).await?;
+
+    let moved = json!({
+        "events": moved_events.iter().map(|e| e.0).collect::<Vec<_>>(),
+        "lists": lists.iter().map(|l| l.0).collect::<Vec<_>>(),
+        "identities": identities,
+    });
+    let id = Uuid::now_v7();
+    tx.execute(
+        "INSERT INTO merges (id, survivor_id, merged_id, survivor_before, merged_before, conflicts, moved, merged_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+        args![
+            id,
+            survivor_id,
+            other_id,
+            serde_json::to_value(&survivor).unwrap_or_default(),
+            serde_json::to_value(&other).unwrap_or_default(),
+            serde_json::to_value(&outcome.conflicts).unwrap_or_default(),
+            moved.clone(),
+            now
+        ],
+    )
+    .await?;
+    append(
+        tx,
+        vec![NewEvent::new(survivor_id, "contact.merged", now, source, json!({"merge_id": id, "merged_id": other_id, "merged_email": other.email, "conflicts": outcome.conflicts}))],
+        now,
+    )
+    .await?;
+    Ok(MergeRecord {
+        id,
+        survivor_id,
+        merged_id: other_id,
+        conflicts: outcome.conflicts,
+        moved: json!({"events": moved_events.len(), "lists": moved["lists"], "identities": moved["identities"]}),
+        merged_at: now,
+        undone_at: None,
+        contact: Some(outcome.contact),
+    })
 }

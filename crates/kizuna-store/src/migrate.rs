@@ -20,6 +20,18 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../migrations/postgres/0001_lead_database.sql"),
     },
     Migration {
+        version: 2,
+        name: "tracking",
+        sqlite: include_str!("../migrations/sqlite/0002_tracking.sql"),
+        postgres: include_str!("../migrations/postgres/0002_tracking.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "mail",
+        sqlite: include_str!("../migrations/sqlite/0003_mail.sql"),
+        postgres: include_str!("../migrations/postgres/0003_mail.sql"),
+    },
+    Migration {
         version: 4,
         name: "engine",
         sqlite: include_str!("../migrations/sqlite/0004_engine.sql"),
@@ -59,10 +71,12 @@ pub async fn run(db: &Db) -> Result<Vec<i64>, StoreError> {
         )));
     }
     let mut done = Vec::new();
-    // Every migration not yet applied, in order (numbers are assigned to features ahead of
-    // time, so a lower number may land after a higher one).
-    let applied: std::collections::HashSet<i64> = applied.iter().map(|v| v.0).collect();
-    for m in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
+    // Every migration not yet applied, in order (not only those above the highest applied:
+    // numbers are assigned to parallel branches, which may land out of order).
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| !applied.iter().any(|a| a.0 == m.version))
+    {
         let sql = match tx.dialect() {
             Dialect::Sqlite => m.sqlite,
             Dialect::Postgres => m.postgres,

@@ -2,18 +2,23 @@
 //!
 //! - [`api`]: the REST API under `/api/v1/`, authenticated by API keys with scopes.
 //! - [`health`]: `/healthz` and Prometheus `/metrics`.
+//! - [`email`]: public email endpoints for recipients (open pixel, click redirect, one-click
+//!   unsubscribe, preference center, double opt-in) and bounce/complaint intake.
 //! - [`error`]: the one error type, rendered as the contract's JSON error shape.
 //! - [`extract`]: JSON/query extractors that name bad fields, and the `Auth` extractor.
+//! - [`tracking`]: the Segment-compatible `/v1/*` endpoints and the `/kizuna.js` snippet.
 //!
 //! [`router`] builds the whole application; [`serve`] runs it until a shutdown signal and lets
 //! in-flight requests finish.
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod email;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod state;
+pub mod tracking;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -28,8 +33,20 @@ pub use state::{AppState, WebConfig};
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {
+    build(state, tracking::router())
+}
+
+/// The whole application with tracking answered by a handler that only reads the body: the
+/// ceiling of the HTTP stack in `kizuna bench ingest`.
+pub fn noop_tracking_router(state: AppState) -> Router {
+    build(state, tracking::noop_router())
+}
+
+fn build(state: AppState, tracking: Router<AppState>) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(tracking)
+        .merge(email::router())
         .nest("/api/v1", api::router(&state))
         .fallback(|| async { error::ApiError::not_found("route") })
         .layer(middleware::from_fn(record_metrics))
@@ -59,7 +76,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     health::install_metrics();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

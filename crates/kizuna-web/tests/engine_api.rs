@@ -89,11 +89,7 @@ async fn the_engine_api_end_to_end() {
             .create_api_key("test", &[Scope::Admin], t0)
             .await
             .unwrap();
-        let state = AppState {
-            store: store.clone(),
-            clock: Arc::new(clock.clone()),
-            config: Arc::new(WebConfig::default()),
-        };
+        let state = AppState::new(store.clone(), Arc::new(clock.clone()), WebConfig::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

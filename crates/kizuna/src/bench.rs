@@ -49,6 +49,46 @@ pub enum Subject {
         #[arg(long, env = "KIZUNA_BENCH_DATABASE_URL")]
         database_url: Option<String>,
     },
+    /// Tracking ingestion: Segment batches POSTed to /v1/batch over loopback by concurrent
+    /// clients; events/s and p50/p99 latency on SQLite (and PostgreSQL), against the storage
+    /// path without HTTP and a no-op handler behind the same HTTP stack.
+    Ingest {
+        /// Events in all.
+        #[arg(long, default_value_t = 300_000)]
+        events: usize,
+        /// Events per batch.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Distinct visitors the events come from.
+        #[arg(long, default_value_t = 20_000)]
+        visitors: usize,
+        /// Also measure PostgreSQL at this URL (a fresh schema is created and dropped).
+        #[arg(long, env = "KIZUNA_BENCH_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Email sending: personalized MJML + footer + tracking + DKIM through the pooled SMTP
+    /// client to a local sink, next to the ceiling (one pre-rendered message through the same
+    /// client to the same sink), then the full durable outbox path (SQLite, broadcast).
+    Send {
+        /// Messages per measurement.
+        #[arg(long, default_value_t = 100_000)]
+        recipients: usize,
+        /// SMTP sink `HOST:PORT`; default: start postfix's `smtp-sink` on a free port.
+        #[arg(long)]
+        smtp: Option<String>,
+        /// SMTP connections.
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        /// DKIM algorithm: `rsa` (2048-bit, key made with openssl) or `ed25519`.
+        #[arg(long, default_value = "rsa")]
+        dkim: String,
+        /// Recipients of the outbox measurement (0 skips it); default: `--recipients`.
+        #[arg(long)]
+        outbox_recipients: Option<usize>,
+    },
 }
 
 pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
@@ -64,6 +104,38 @@ pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
             handoffs,
             database_url,
         } => crate::bench_engine::bench_segment(contacts, events, handoffs, database_url).await,
+        Subject::Ingest {
+            events,
+            batch,
+            clients,
+            visitors,
+            database_url,
+        } => {
+            crate::bench_ingest::run(crate::bench_ingest::IngestBench {
+                events,
+                batch,
+                clients,
+                visitors,
+                database_url,
+            })
+            .await
+        }
+        Subject::Send {
+            recipients,
+            smtp,
+            connections,
+            dkim,
+            outbox_recipients,
+        } => {
+            crate::bench_send::run(
+                recipients,
+                smtp,
+                connections,
+                &dkim,
+                outbox_recipients.unwrap_or(recipients),
+            )
+            .await
+        }
     }
 }
 
@@ -167,6 +239,7 @@ async fn bench_import(rows: u64, shift_jis: bool, pg: Option<String>) -> anyhow:
         "email lookup",
         "updated-since"
     );
+    let mut merge_lines = Vec::new();
     for (_, make) in backends(tmp.path(), &pg) {
         // The import, end to end: decode, parse, validate, dedupe, companies, contacts, events, list.
         let b = make("import");
@@ -203,6 +276,23 @@ async fn bench_import(rows: u64, shift_jis: bool, pg: Option<String>) -> anyhow:
             report.errors.first()
         );
         let imported = report.summary.rows;
+        // The generated file repeats an earlier e-mail (upper-cased, padded) on every 20th row:
+        // those rows must merge into the first, not create a contact.
+        let dups = rows / 20;
+        anyhow::ensure!(
+            report.summary.created == rows - dups && report.summary.duplicates_in_file == dups,
+            "{}: wrong merge result: {} created, {} duplicates (expected {} and {dups})",
+            b.name,
+            report.summary.created,
+            report.summary.duplicates_in_file,
+            rows - dups
+        );
+        let count = store.count_contacts().await? as u64;
+        anyhow::ensure!(count == rows - dups, "{}: {count} contacts stored", b.name);
+        merge_lines.push(format!(
+            "{}: {} rows → {} contacts created, {} duplicate rows merged into their first row, {} companies",
+            b.name, rows, report.summary.created, dups, report.summary.companies_created
+        ));
 
         // Queries on the imported contacts.
         let sample: Vec<String> = store
@@ -290,6 +380,9 @@ async fn bench_import(rows: u64, shift_jis: bool, pg: Option<String>) -> anyhow:
             per_page.as_secs_f64() * 1e3
         );
     }
+    for l in &merge_lines {
+        println!("merge check — {l}");
+    }
     if let Some(mib) = peak_rss_mib() {
         println!(
             "peak resident memory of this process: {mib:.0} MiB (the CSV is {:.0} MiB; rows stream in batches of 1,000)",
@@ -305,7 +398,10 @@ async fn bench_import(rows: u64, shift_jis: bool, pg: Option<String>) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-async fn insert_plain(tx: &mut kizuna_store::db::Tx, batch: &[Contact]) -> anyhow::Result<()> {
+pub(crate) async fn insert_plain(
+    tx: &mut kizuna_store::db::Tx,
+    batch: &[Contact],
+) -> anyhow::Result<()> {
     let mut sql = String::from(
         "INSERT INTO contacts (id, email, first_name, last_name, phone, job_title, department, company_id, lifecycle_stage, temperature, owner_id, source, address, custom, created_at, updated_at) VALUES ",
     );

@@ -165,6 +165,9 @@ pub enum WriteKeyAction {
 pub enum ImportWhat {
     /// Import contacts (dedupe/merge by e-mail, all or nothing).
     Contacts(crate::transfer::ImportContactsArgs),
+    /// Import offline events (seminar attended, trade-show visit, call…) attached by e-mail,
+    /// all or nothing.
+    Events(crate::transfer::ImportEventsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,6 +253,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import {
             what: ImportWhat::Contacts(args),
         } => crate::transfer::import_contacts(args).await,
+        Command::Import {
+            what: ImportWhat::Events(args),
+        } => crate::transfer::import_events(args).await,
         Command::Export {
             what: ExportWhat::Contacts(args),
         } => crate::transfer::export_contacts(args).await,

@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub max_import_mib: Option<u64>,
     /// Log format: `text` or `json`.
     pub log_format: Option<String>,
+    /// Email settings (docs/email.md).
+    pub mail: Option<crate::mail::MailConfig>,
 }
 
 impl FileConfig {

@@ -2,9 +2,12 @@
 
 mod bench;
 mod bench_engine;
+mod bench_ingest;
+mod bench_send;
 mod cli;
 mod config;
 mod demo;
+mod mail;
 mod serve;
 mod transfer;
 

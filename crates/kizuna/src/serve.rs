@@ -4,7 +4,9 @@ use crate::cli::StoreArgs;
 use anyhow::Context;
 use kizuna_core::clock::{Clock, SharedClock, SystemClock};
 use kizuna_store::Store;
+use kizuna_store::ingestor::{Ingestor, IngestorConfig};
 use kizuna_store::keys::Scope;
+use kizuna_web::tracking::Tracking;
 use kizuna_web::{AppState, WebConfig};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -54,7 +56,27 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    let mail_cfg = file.mail.clone().unwrap_or_default().with_env()?;
+    let (email, worker) = crate::mail::build(
+        &mail_cfg,
+        &store,
+        clock.clone(),
+        &addr.to_string(),
+        store_cfg
+            .database_url
+            .is_none()
+            .then_some(store_cfg.data_dir.as_path()),
+    )
+    .await?;
+    let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+    let worker_task = worker.map(|w| {
+        let mut rx = worker_stopped.clone();
+        tokio::spawn(w.run(async move {
+            let _ = rx.changed().await;
+        }))
+    });
     let config = WebConfig {
+        email: Some(email),
         max_import_bytes: file.max_import_mib.unwrap_or(512) * 1024 * 1024,
         spool_dir: if store_cfg.database_url.is_none() {
             store_cfg.data_dir.join("spool")
@@ -65,22 +87,31 @@ pub async fn run(
     };
     std::fs::create_dir_all(&config.spool_dir)
         .with_context(|| format!("cannot create {}", config.spool_dir.display()))?;
-    let state = AppState {
-        store: store.clone(),
-        clock: clock.clone(),
-        config: Arc::new(config),
-    };
     // The engine (segments, scores, lifecycle, handoff) and the owner-notification sender run
-    // beside the HTTP server and stop after it.
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    // beside the HTTP server and stop after it; every group commit of tracked events wakes it.
     let engine = kizuna_engine::Engine::new(
         store.clone(),
         clock.clone(),
         kizuna_engine::EngineConfig::default(),
     );
+    // Tracked events are written by one group-commit writer, which wakes the engine after each
+    // commit.
+    let ingestor = Ingestor::start(
+        store.clone(),
+        clock.clone(),
+        IngestorConfig::default(),
+        Some(Arc::new(engine.clone())),
+    );
+    let state = AppState {
+        store: store.clone(),
+        clock: clock.clone(),
+        config: Arc::new(config),
+        tracking: Arc::new(Tracking::new(ingestor)),
+    };
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
     let engine_task = engine.spawn(until_stopped(stopping.clone()));
     let notifier = kizuna_engine::notify::Notifier::new(store.clone(), clock.clone());
     let wake = engine.notifications_queued();
@@ -94,12 +125,17 @@ pub async fn run(
             )
             .await
     });
+    let shutdown = shutdown_signal()?;
     tracing::info!(%addr, "kizuna listening on http://{addr}");
-    kizuna_web::serve(listener, state, shutdown_signal()).await?;
+    kizuna_web::serve(listener, state, shutdown).await?;
     tracing::info!("stopped accepting requests; in-flight requests finished");
     let _ = stop.send(true);
     let _ = engine_task.await;
     let _ = notifier_task.await;
+    let _ = stop_worker.send(true);
+    if let Some(t) = worker_task {
+        let _ = t.await;
+    }
     store.close().await;
     tracing::info!("database closed; bye");
     Ok(ExitCode::SUCCESS)
@@ -127,25 +163,18 @@ async fn load_demo(store: &Store, clock: &dyn Clock) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Registers for SIGTERM and Ctrl-C now, and returns a future that resolves on either. The
+/// handlers must exist before the server says it is listening: a signal that arrives earlier
+/// would otherwise kill the process instead of stopping it gracefully.
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown requested; finishing in-flight work");
+        tracing::info!("shutdown requested; finishing in-flight work");
+    })
 }

@@ -273,3 +273,112 @@ pub async fn export_contacts(args: ExportContactsArgs) -> anyhow::Result<ExitCod
     let _ = SystemClock.now();
     Ok(ExitCode::SUCCESS)
 }
+
+/// `kizuna import events FILE …`
+#[derive(Args, Debug)]
+pub struct ImportEventsArgs {
+    /// The CSV file: an `email` (or `contact_id`) column, `event`, `occurred_at`, optional
+    /// `message_id`; other columns become the event's properties.
+    pub file: PathBuf,
+    /// The event type of every row, for a file without an event column (e.g. seminar.attended).
+    #[arg(long)]
+    pub event: Option<String>,
+    /// The time of every row, for a file without an occurred_at column.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Offset of times written without one.
+    #[arg(long, default_value = "+09:00", allow_hyphen_values = true)]
+    pub utc_offset: String,
+    /// utf-8, shift_jis or auto (default).
+    #[arg(long, default_value = "auto")]
+    pub encoding: String,
+    /// Create a contact for an e-mail nobody has (otherwise such a row is an error).
+    #[arg(long)]
+    pub create_contacts: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub async fn import_events(args: ImportEventsArgs) -> anyhow::Result<ExitCode> {
+    use kizuna_core::tracking::offline::{
+        EventsCsvError, EventsCsvOptions, check_event_type, parse_event_time, read_events_csv,
+    };
+    let encoding: Encoding = args
+        .encoding
+        .parse()
+        .map_err(|e: kizuna_core::ValidationError| anyhow::anyhow!(e.message))?;
+    let offset: chrono::FixedOffset = args
+        .utc_offset
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--utc-offset {:?}: expected e.g. +09:00", args.utc_offset))?;
+    let event_type = match &args.event {
+        Some(t) => Some(check_event_type(t).map_err(|e| anyhow::anyhow!("--event: {e}"))?),
+        None => None,
+    };
+    let occurred_at = match &args.at {
+        Some(t) => Some(
+            parse_event_time(t, offset)
+                .with_context(|| format!("--at {t:?}: expected e.g. 2026-10-14 10:00"))?,
+        ),
+        None => None,
+    };
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let now = SystemClock.now();
+    let opts = EventsCsvOptions {
+        encoding,
+        event_type,
+        occurred_at,
+        offset,
+        now,
+    };
+    let (events, encoding) = match read_events_csv(&bytes, &opts) {
+        Ok(r) => r,
+        Err(EventsCsvError::Rows(errs)) => {
+            for e in &errs {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "{} problem(s) in {} — nothing was imported",
+                errs.len(),
+                args.file.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("nothing was imported");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let store = args.store.open().await?;
+    let file_name = args
+        .file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned());
+    let options = kizuna_store::offline::OfflineOptions {
+        create_contacts: args.create_contacts,
+        source: "import".into(),
+        detail: file_name,
+    };
+    match store.record_offline_events(events, &options, now).await {
+        Ok(out) => {
+            println!(
+                "imported {} events from {} rows ({} encoding): {} already imported before, {} contacts created",
+                out.stored, out.rows, encoding, out.duplicates, out.contacts_created
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(kizuna_store::offline::OfflineError::Rows(errs)) => {
+            for e in &errs {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "{} row(s) name no known contact — nothing was imported (import the contacts first, or use --create-contacts)",
+                errs.len()
+            );
+            Ok(ExitCode::from(1))
+        }
+        Err(kizuna_store::offline::OfflineError::Store(e)) => Err(e.into()),
+    }
+}

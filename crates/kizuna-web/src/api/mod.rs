@@ -2,6 +2,8 @@
 
 pub mod companies;
 pub mod contacts;
+pub mod email;
+pub mod events;
 pub mod fields;
 pub mod imports;
 pub mod keys;
@@ -23,11 +25,13 @@ use uuid::Uuid;
 pub fn router(state: &AppState) -> Router<AppState> {
     Router::new()
         .merge(contacts::router())
+        .merge(events::router())
         .merge(companies::router())
         .merge(fields::router())
         .merge(lists::router())
         .merge(users::router())
         .merge(keys::router())
+        .merge(email::router())
         .merge(openapi::router())
         .merge(segments::router())
         .merge(scoring_models::router())
