@@ -19,6 +19,7 @@
 //! - [`filter`]: the filter language of segments (and of fit and owner-assignment rules).
 //! - [`scoring`]: scoring models — behaviour and fit rules, grades, decay, thresholds, MQL.
 //! - [`lifecycle`]: stage history, the sales handoff policy and BANT.
+//! - [`program`]: nurture program definitions and the step machine.
 //! - [`span`], [`time`], [`title`]: durations, instants, job levels from titles.
 //! - [`error`]: validation errors that name the offending field.
 #![deny(missing_docs)]
@@ -34,6 +35,7 @@ pub mod filter;
 pub mod import;
 pub mod lifecycle;
 pub mod merge;
+pub mod program;
 pub mod patch;
 pub mod scoring;
 pub mod span;
