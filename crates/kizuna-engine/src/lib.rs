@@ -33,6 +33,7 @@ pub mod definitions;
 pub mod explain;
 pub mod notify;
 pub mod pipeline;
+pub mod program;
 pub mod runner;
 pub mod sales;
 pub mod state;

@@ -490,3 +490,20 @@ pub(crate) async fn record_change(
     append(tx, ev, now).await?;
     Ok(())
 }
+
+/// Changes a contact inside a caller's transaction (program steps): absent fields stay,
+/// `null` clears; the change is recorded like [`Store::update_contact`] does.
+pub async fn update_in(
+    tx: &mut Tx,
+    id: Uuid,
+    input: ContactInput,
+    now: DateTime<Utc>,
+    source: &str,
+) -> Result<Contact, StoreError> {
+    let input = input.validate()?;
+    let input = check_input(tx, input).await?;
+    let mut c = get_in(tx, id).await?.ok_or(StoreError::NotFound)?;
+    let applied = c.apply(input, true);
+    record_change(tx, &mut c, applied, now, source).await?;
+    Ok(c)
+}

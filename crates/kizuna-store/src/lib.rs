@@ -33,6 +33,7 @@ pub mod log;
 pub mod merges;
 pub mod offline;
 pub mod page;
+pub mod programs;
 pub mod sales;
 pub mod suppressions;
 pub mod users;

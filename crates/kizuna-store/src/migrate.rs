@@ -37,6 +37,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0004_engine.sql"),
         postgres: include_str!("../migrations/postgres/0004_engine.sql"),
     },
+    Migration {
+        version: 5,
+        name: "programs",
+        sqlite: include_str!("../migrations/sqlite/0005_programs.sql"),
+        postgres: include_str!("../migrations/postgres/0005_programs.sql"),
+    },
 ];
 
 /// The newest schema version this binary knows.
