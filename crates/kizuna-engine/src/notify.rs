@@ -92,7 +92,14 @@ impl Notifier {
                 .http
                 .post(&n.url)
                 .header("content-type", "application/json")
-                .header("x-kizuna-event", "handoff.created")
+                .header(
+                    "x-kizuna-event",
+                    if n.kind == "handoff" {
+                        "handoff.created"
+                    } else {
+                        n.kind.as_str()
+                    },
+                )
                 .header("x-kizuna-delivery", n.id.to_string());
             if let Some(s) = &secret {
                 req = req.header("x-kizuna-signature", sign(s, now.timestamp(), &n.body));

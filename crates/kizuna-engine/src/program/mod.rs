@@ -278,6 +278,77 @@ fn check_status(s: &str) -> Result<(), EngineError> {
     }
 }
 
+/// The program report (R-REPORT-3): entered, active, completed, goal reached, exited by
+/// reason, and per step: runs, contacts there now, mails deferred or passed over, and the
+/// e-mail figures of each mail step.
+pub async fn report(store: &Store, id: Uuid) -> Result<Value, EngineError> {
+    let row = store.program(id).await?;
+    let (def, _) = store.program_version(id, row.version).await?;
+    let (status, steps) = store.program_figures(id).await?;
+    let mut entered = 0;
+    let mut active = 0;
+    let mut completed = 0;
+    let mut goal_reached = 0;
+    let mut exited: BTreeMap<String, i64> = BTreeMap::new();
+    let mut goals: BTreeMap<String, i64> = BTreeMap::new();
+    for (st, reason, goal, n) in status {
+        entered += n;
+        match st.as_str() {
+            "active" => active += n,
+            _ if goal.is_some() => {
+                goal_reached += n;
+                *goals.entry(goal.unwrap_or_default()).or_default() += n;
+            }
+            "completed" => completed += n,
+            _ => *exited.entry(reason.unwrap_or_default()).or_default() += n,
+        }
+    }
+    let order: Vec<(String, String)> = def
+        .get("steps")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["id"].as_str().unwrap_or_default().to_string(),
+                        s["type"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut by_id: BTreeMap<String, ps::StepFigures> =
+        steps.into_iter().map(|s| (s.step_id.clone(), s)).collect();
+    let mut out_steps = Vec::new();
+    let mut ids: Vec<(String, String)> = order.clone();
+    for k in by_id.keys() {
+        if !order.iter().any(|o| &o.0 == k) {
+            ids.push((k.clone(), String::new()));
+        }
+    }
+    for (sid, ty) in ids {
+        let f = by_id.remove(&sid).unwrap_or(ps::StepFigures {
+            step_id: sid.clone(),
+            ..Default::default()
+        });
+        let mut v = json!({"step_id": sid, "type": ty, "runs": f.runs, "active": f.active,
+                           "skipped": f.skipped, "deferred": f.deferred});
+        if ty == "send_email" {
+            let [n, sent, skipped, opened, clicked, bounced] =
+                store.program_step_email(id, &sid).await?;
+            let rate = |x: i64| if sent > 0 { x as f64 / sent as f64 } else { 0.0 };
+            v["email"] = json!({"queued": n, "sent": sent, "skipped": skipped, "opened": opened,
+                                "clicked": clicked, "bounced": bounced,
+                                "open_rate": rate(opened), "click_rate": rate(clicked)});
+        }
+        out_steps.push(v);
+    }
+    Ok(json!({"program_id": id, "name": row.name, "status": row.status, "version": row.version,
+              "entered": entered, "active": active, "completed": completed,
+              "goal_reached": goal_reached, "goals": goals, "exited": exited,
+              "steps": out_steps}))
+}
+
 /// Loads and compiles every program version (versions that no longer compile, e.g. a template
 /// was deleted, are left out and logged).
 pub async fn load(store: &Store) -> Result<Compiled, EngineError> {
@@ -351,7 +422,11 @@ pub async fn load(store: &Store) -> Result<Compiled, EngineError> {
 
 async fn stamp(store: &Store) -> Result<String, EngineError> {
     let progs = store.programs().await?;
-    let n = progs.len();
+    let n: String = progs
+        .iter()
+        .map(|p| format!("{}/{}/{}/{}", p.id.simple(), p.version, p.status, p.scheduled_version))
+        .collect::<Vec<_>>()
+        .join(",");
     let t = progs.iter().map(|p| p.updated_at).max().unwrap_or(0);
     let d = store.definitions_version().await?;
     let tpl = ps::resolve_templates(store).await?.len();
@@ -399,8 +474,8 @@ struct Out {
     list_add: Vec<(Uuid, Uuid)>,
     list_remove: Vec<(Uuid, Uuid)>,
     counts: BTreeMap<(Uuid, String), StepCount>,
-    schedules_set: Vec<(Uuid, Uuid, i64, i64)>,
-    schedules_del: Vec<(Uuid, Uuid, i64)>,
+    /// Schedules to set (`Some`) or remove (`None`), last word wins.
+    schedules: HashMap<(Uuid, Uuid, i64), Option<i64>>,
     moved: Vec<Enrollment>,
     steps: usize,
 }
@@ -522,6 +597,16 @@ impl ProgramRunner {
         let fresh = Arc::new(load(&self.inner.store).await?);
         *c = Some(fresh.clone());
         Ok(fresh)
+    }
+
+    /// Gives the lease up (on shutdown, or to hand over to another runner).
+    pub async fn release(&self) {
+        *self.inner.lease_until.lock().await = 0;
+        let _ = self
+            .inner
+            .store
+            .release_lease(&self.inner.config.checkpoint, &self.inner.config.node_id)
+            .await;
     }
 
     /// Test hook: fail (as a crash would) before committing after `n` more batches.
@@ -795,11 +880,7 @@ impl ProgramRunner {
                         Trigger::Inactivity { after }
                             if ev.source != "engine" && is_activity(t) =>
                         {
-                            out.schedules_set.push((
-                                l.row.id,
-                                cid,
-                                i as i64,
-                                ev.occurred_at.max(now - after.as_micros()) + after.as_micros(),
+                            out.schedules.insert((l.row.id, cid, i as i64), Some(ev.occurred_at.max(now - after.as_micros()) + after.as_micros(),
                             ));
                         }
                         Trigger::Date { field, offset }
@@ -808,9 +889,13 @@ impl ProgramRunner {
                             let cs = facts.get(store, &c.engine, cid, now).await?;
                             match program::contact_date(&cs.contact, field).map(|d| d + offset) {
                                 Some(at) if at >= now - 86_400_000_000 => {
-                                    out.schedules_set.push((l.row.id, cid, i as i64, at.max(now)))
+                                    {
+                                    out.schedules.insert((l.row.id, cid, i as i64), Some(at.max(now)));
                                 }
-                                _ => out.schedules_del.push((l.row.id, cid, i as i64)),
+                                }
+                                _ => {
+                                    out.schedules.insert((l.row.id, cid, i as i64), None);
+                                }
                             }
                         }
                         _ => {}
@@ -1280,17 +1365,19 @@ impl ProgramRunner {
                     while next <= now {
                         next += every.as_micros();
                     }
-                    out.schedules_set.push((*pid, *cid, *tno, next));
+                    out.schedules.insert((*pid, *cid, *tno), Some(next));
                 }
                 Some(Trigger::Date { .. }) => {
                     targets.push((*pid, *cid, "date"));
-                    out.schedules_del.push((*pid, *cid, *tno));
+                    out.schedules.insert((*pid, *cid, *tno), None);
                 }
                 Some(Trigger::Inactivity { .. }) => {
                     targets.push((*pid, *cid, "inactivity"));
-                    out.schedules_del.push((*pid, *cid, *tno));
+                    out.schedules.insert((*pid, *cid, *tno), None);
                 }
-                _ => out.schedules_del.push((*pid, *cid, *tno)),
+                _ => {
+                    out.schedules.insert((*pid, *cid, *tno), None);
+                }
             }
         }
         let mut ids: Vec<Uuid> = targets.iter().map(|t| t.1).collect();
@@ -1624,8 +1711,16 @@ impl ProgramRunner {
             }
         }
         kizuna_store::events::append(&mut tx, events, at).await?;
-        ps::upsert_schedules(&mut tx, &out.schedules_set).await?;
-        ps::delete_schedules(&mut tx, &out.schedules_del).await?;
+        let mut set = Vec::new();
+        let mut del = Vec::new();
+        for ((p, c, t), due) in out.schedules {
+            match due {
+                Some(d) => set.push((p, c, t, d)),
+                None => del.push((p, c, t)),
+            }
+        }
+        ps::upsert_schedules(&mut tx, &set).await?;
+        ps::delete_schedules(&mut tx, &del).await?;
         let counts: Vec<((Uuid, String), StepCount)> = out.counts.into_iter().collect();
         ps::add_step_counts(&mut tx, &counts).await?;
         if let Some(t) = &to {
@@ -1853,7 +1948,7 @@ impl Env for RunEnv<'_> {
             if ts.len() as u32 >= max {
                 ts.sort();
                 let k = ts.len() - max as usize;
-                return SendCheck::Defer(ts[k] + per.as_micros() + 1);
+                return SendCheck::Defer(ts[k] + per.as_micros());
             }
         }
         if let Some(tid) = tid {

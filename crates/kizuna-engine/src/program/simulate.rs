@@ -131,7 +131,7 @@ impl Env for SimEnv<'_> {
                 .collect();
             if ts.len() as u32 >= max {
                 ts.sort();
-                return SendCheck::Defer(ts[ts.len() - max as usize] + per.as_micros() + 1);
+                return SendCheck::Defer(ts[ts.len() - max as usize] + per.as_micros());
             }
         }
         self.sent.push((template.to_string(), self.now));
