@@ -11,6 +11,7 @@ pub mod lists;
 pub mod openapi;
 pub mod sales;
 pub mod scoring_models;
+pub mod programs;
 pub mod segments;
 pub mod tasks;
 pub mod users;
@@ -34,6 +35,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .merge(email::router())
         .merge(openapi::router())
         .merge(segments::router())
+        .merge(programs::router())
         .merge(scoring_models::router())
         .merge(tasks::router())
         .merge(sales::router())
