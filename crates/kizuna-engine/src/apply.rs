@@ -65,7 +65,27 @@ pub async fn apply(
     clock: &dyn Clock,
     docs: Vec<(String, Value)>,
 ) -> Result<Vec<Applied>, Vec<DocError>> {
-    match apply_inner(store, clock, docs).await {
+    let (programs, docs): (Vec<_>, Vec<_>) = docs
+        .into_iter()
+        .partition(|(_, d)| d.get("kind").and_then(Value::as_str) == Some("program"));
+    let r = if docs.is_empty() {
+        Ok(vec![])
+    } else {
+        apply_inner(store, clock, docs).await
+    };
+    let r = match r {
+        Ok(mut done) if !programs.is_empty() => {
+            match apply_programs(store, clock, programs).await {
+                Ok(p) => {
+                    done.extend(p);
+                    Ok(done)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        other => other,
+    };
+    match r {
         Ok(r) => Ok(r),
         Err(Err(e)) => Err(vec![DocError {
             source: "store".into(),
@@ -100,7 +120,7 @@ async fn apply_inner(store: &Store, clock: &dyn Clock, docs: Vec<(String, Value)
                     errors: ValidationError::new(
                         "kind",
                         "invalid_kind",
-                        "kind is segment, scoring_model or handoff_policy",
+                        "kind is segment, scoring_model, handoff_policy or program",
                     )
                     .into(),
                 });
@@ -235,5 +255,76 @@ async fn apply_inner(store: &Store, clock: &dyn Clock, docs: Vec<(String, Value)
         });
     }
     tx.commit().await.map_err(|e| Err(e.into()))?;
+    Ok(out)
+}
+
+/// Programs (after the other definitions, which they may refer to): every program is checked
+/// first — with the names of the programs applied together — then created (status from the
+/// file's `status`, default `draft`) or, when the definition changed, published as a new
+/// version (with the file's `mapping`, if any).
+async fn apply_programs(store: &Store, clock: &dyn Clock, docs: Vec<(String, Value)>) -> Inner {
+    let names: Vec<String> = docs
+        .iter()
+        .filter_map(|(_, d)| d.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    let mut errors = Vec::new();
+    let mut planned = Vec::new();
+    for (src, d) in docs {
+        let mut def = d.clone();
+        let o = def.as_object_mut().expect("an object with a kind");
+        o.remove("kind");
+        let status = o
+            .remove("status")
+            .and_then(|s| s.as_str().map(str::to_string))
+            .unwrap_or_else(|| "draft".into());
+        let mapping: Option<std::collections::BTreeMap<String, String>> =
+            o.remove("mapping").and_then(|m| serde_json::from_value(m).ok());
+        match crate::program::check(store, &def, &names).await {
+            Ok(_) => planned.push((def, status, mapping)),
+            Err(EngineError::Invalid(e)) => errors.push(DocError { source: src, errors: e }),
+            Err(e) => return Err(Err(e)),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Ok(errors));
+    }
+    let now = clock.now().timestamp_micros();
+    let mut out = Vec::new();
+    for (def, status, mapping) in planned {
+        let name = def["name"].as_str().unwrap_or_default().trim().to_string();
+        let existing = store.program_by_name(&name).await.map_err(|e| Err(e.into()))?;
+        let (id, outcome) = match existing {
+            None => (
+                crate::program::create(store, &def, &status, now).await.map_err(Err)?.id,
+                "created",
+            ),
+            Some(row) => {
+                let (cur, _) = store
+                    .program_version(row.id, row.version)
+                    .await
+                    .map_err(|e| Err(e.into()))?;
+                let mut outcome = "unchanged";
+                if cur != def {
+                    crate::program::update(store, row.id, &def, mapping.as_ref(), now)
+                        .await
+                        .map_err(Err)?;
+                    outcome = "updated";
+                }
+                if row.status != status {
+                    crate::program::set_status(store, row.id, &status, now)
+                        .await
+                        .map_err(Err)?;
+                    outcome = "updated";
+                }
+                (row.id, outcome)
+            }
+        };
+        out.push(Applied {
+            kind: "program".into(),
+            name,
+            outcome,
+            id: Some(id),
+        });
+    }
     Ok(out)
 }

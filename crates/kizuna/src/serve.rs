@@ -75,6 +75,7 @@ pub async fn run(
             let _ = rx.changed().await;
         }))
     });
+    let email_wake = email.wake().clone();
     let config = WebConfig {
         email: Some(email),
         max_import_bytes: file.max_import_mib.unwrap_or(512) * 1024 * 1024,
@@ -113,6 +114,18 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let engine_task = engine.spawn(until_stopped(stopping.clone()));
+    // Nurture programs: their own reader of the log, durable enrollments and timers.
+    let programs = kizuna_engine::program::ProgramRunner::new(
+        store.clone(),
+        clock.clone(),
+        kizuna_engine::program::RunnerConfig {
+            recheck: std::time::Duration::from_millis(200),
+            idle_poll: std::time::Duration::from_millis(10),
+            ..Default::default()
+        },
+    );
+    programs.set_mail_wake(email_wake).await;
+    let programs_task = programs.spawn(until_stopped(stopping.clone()));
     let notifier = kizuna_engine::notify::Notifier::new(store.clone(), clock.clone());
     let wake = engine.notifications_queued();
     let stop_notes = until_stopped(stopping.clone());
@@ -131,6 +144,7 @@ pub async fn run(
     tracing::info!("stopped accepting requests; in-flight requests finished");
     let _ = stop.send(true);
     let _ = engine_task.await;
+    let _ = programs_task.await;
     let _ = notifier_task.await;
     let _ = stop_worker.send(true);
     if let Some(t) = worker_task {

@@ -63,6 +63,8 @@ pub struct RunnerConfig {
     pub idle_poll: Duration,
     /// Lease length.
     pub lease: chrono::Duration,
+    /// How often a busy runner looks for edited programs, templates and lists (0: every turn).
+    pub recheck: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -74,6 +76,7 @@ impl Default for RunnerConfig {
             due_batch: 2000,
             idle_poll: Duration::from_millis(5),
             lease: chrono::Duration::seconds(30),
+            recheck: Duration::ZERO,
         }
     }
 }
@@ -447,6 +450,7 @@ struct Inner {
     position: Mutex<Option<LogCursor>>,
     lease_until: Mutex<i64>,
     compiled: Mutex<Option<Arc<Compiled>>>,
+    checked: std::sync::Mutex<Option<std::time::Instant>>,
     wake: Notify,
     notifications: Arc<Notify>,
     mail: Mutex<Option<Arc<Notify>>>,
@@ -491,6 +495,7 @@ impl ProgramRunner {
                 position: Mutex::new(None),
                 lease_until: Mutex::new(0),
                 compiled: Mutex::new(None),
+                checked: std::sync::Mutex::new(None),
                 wake: Notify::new(),
                 notifications: Arc::new(Notify::new()),
                 mail: Mutex::new(None),
@@ -587,6 +592,17 @@ impl ProgramRunner {
     /// The compiled programs (reloaded when programs, templates, lists or engine definitions
     /// changed).
     pub async fn compiled(&self) -> Result<Arc<Compiled>, EngineError> {
+        // Look for edits at most every `recheck` (real time).
+        {
+            let checked = *self.inner.checked.lock().expect("lock");
+            let c = self.inner.compiled.lock().await;
+            if let (Some(t), Some(x)) = (checked, c.as_ref())
+                && t.elapsed() < self.inner.config.recheck
+            {
+                return Ok(x.clone());
+            }
+        }
+        *self.inner.checked.lock().expect("lock") = Some(std::time::Instant::now());
         let s = stamp(&self.inner.store).await?;
         let mut c = self.inner.compiled.lock().await;
         if let Some(x) = c.as_ref()
