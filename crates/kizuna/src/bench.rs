@@ -89,10 +89,29 @@ pub enum Subject {
         #[arg(long)]
         outbox_recipients: Option<usize>,
     },
+    /// Nurture programs (SQLite): a wave of waits expiring together (step executions/s, next
+    /// to a plain batched insert of the same outbox rows), then trigger event → mail accepted
+    /// by a local SMTP sink, p50/p99, under a background event load.
+    Program {
+        /// Contacts in the wave.
+        #[arg(long, default_value_t = 1_000_000)]
+        contacts: u64,
+        /// Background events per second during the latency measurement.
+        #[arg(long, default_value_t = 1000)]
+        background: u32,
+        /// Trigger events timed.
+        #[arg(long, default_value_t = 300)]
+        triggers: u32,
+    },
 }
 
 pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
     match subject {
+        Subject::Program {
+            contacts,
+            background,
+            triggers,
+        } => crate::bench_program::run(contacts, background, triggers).await,
         Subject::Import {
             rows,
             shift_jis,

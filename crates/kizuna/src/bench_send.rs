@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
 
-struct Sink {
-    addr: String,
+pub(crate) struct Sink {
+    pub(crate) addr: String,
     child: Option<Child>,
 }
 
@@ -43,7 +43,7 @@ impl Drop for Sink {
     }
 }
 
-fn start_sink(given: Option<String>) -> anyhow::Result<Sink> {
+pub(crate) fn start_sink(given: Option<String>) -> anyhow::Result<Sink> {
     if let Some(a) = given {
         return Ok(Sink {
             addr: a,

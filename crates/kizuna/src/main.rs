@@ -3,6 +3,7 @@
 mod bench;
 mod bench_engine;
 mod bench_ingest;
+mod bench_program;
 mod bench_send;
 mod cli;
 mod config;
