@@ -806,3 +806,39 @@ async fn bad_definitions_name_the_bad_node() {
         assert_eq!(v.0[0].code, "unknown_template");
     }
 }
+
+#[tokio::test]
+async fn kizuna_apply_creates_then_versions_a_program_file() {
+    for env in envs().await {
+        templates::install(&env.store, "seminar-attendee", "draft", env.now())
+            .await
+            .unwrap();
+        let file: Value =
+            serde_json::from_str(include_str!("../../../docs/examples/program-seminar.json"))
+                .unwrap();
+        let docs = kizuna_engine::apply::documents("program-seminar.json", file);
+        let r = kizuna_engine::apply::apply(&env.store, &env.clock, docs.clone())
+            .await
+            .unwrap();
+        assert_eq!((r[0].kind.as_str(), r[0].outcome), ("program", "updated"), "{}", env.name);
+        let row = env
+            .store
+            .program_by_name("Seminar attendee follow-up")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((row.version, row.status.as_str()), (2, "draft"));
+        let r = kizuna_engine::apply::apply(&env.store, &env.clock, docs)
+            .await
+            .unwrap();
+        assert_eq!(r[0].outcome, "unchanged");
+        let bad = kizuna_engine::apply::apply(
+            &env.store,
+            &env.clock,
+            vec![("bad.json".into(), json!({"kind": "program", "name": "X", "triggers": [{"type": "api"}], "steps": [{"id": "a", "type": "wait"}]}))],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(bad[0].errors.0[0].field, "steps[0].duration");
+    }
+}
