@@ -423,10 +423,13 @@ impl Program {
 
     /// Whether the program reads a date field for entry.
     pub fn date_triggers(&self) -> impl Iterator<Item = (usize, &str, i64)> {
-        self.triggers.iter().enumerate().filter_map(|(i, t)| match t {
-            Trigger::Date { field, offset } => Some((i, field.as_str(), *offset)),
-            _ => None,
-        })
+        self.triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t {
+                Trigger::Date { field, offset } => Some((i, field.as_str(), *offset)),
+                _ => None,
+            })
     }
 }
 
@@ -768,7 +771,11 @@ pub fn compile(def: &Value, r: &dyn Resolver) -> Result<Program, ValidationError
                         }
                     },
                 };
-                if v.get("action").and_then(Value::as_str).unwrap_or("complete") != "complete" {
+                if v.get("action")
+                    .and_then(Value::as_str)
+                    .unwrap_or("complete")
+                    != "complete"
+                {
                     p.err(
                         "on_end.action",
                         "invalid_value",
@@ -976,11 +983,7 @@ fn next_of(
             }
         },
         Some(_) => {
-            p.err(
-                path.to_string(),
-                "invalid_value",
-                "a step id or \"end\"",
-            );
+            p.err(path.to_string(), "invalid_value", "a step id or \"end\"");
             default
         }
     }
@@ -993,7 +996,11 @@ fn step(
     ids: &HashMap<String, usize>,
     default_next: Next,
 ) -> Option<Step> {
-    let id = s.get("id").and_then(Value::as_str).unwrap_or("").to_string();
+    let id = s
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     let ty = p.str_of(s, "type", path, true)?;
     let next = next_of(p, s.get("next"), &format!("{path}.next"), ids, default_next);
     let kind = match ty.as_str() {
@@ -1094,7 +1101,11 @@ fn step(
                     };
                     let what = p.str_of(c, "email", &format!("{path}.if"), true)?;
                     if what != "opened" && what != "clicked" {
-                        p.err(format!("{path}.if.email"), "invalid_value", "opened or clicked");
+                        p.err(
+                            format!("{path}.if.email"),
+                            "invalid_value",
+                            "opened or clicked",
+                        );
                     }
                     Cond::EmailStep { step: *si, what }
                 }
@@ -1149,7 +1160,9 @@ fn step(
                 p.err(
                     format!("{path}.paths"),
                     "invalid_value",
-                    format!("the paths and the holdout must add up to 100 (they add up to {total})"),
+                    format!(
+                        "the paths and the holdout must add up to 100 (they add up to {total})"
+                    ),
                 );
             }
             StepKind::Split { paths, holdout }
@@ -1163,7 +1176,11 @@ fn step(
         }
         "add_score" => {
             let Some(points) = s.get("points").and_then(Value::as_f64) else {
-                p.err(format!("{path}.points"), "required", "a number (negative subtracts)");
+                p.err(
+                    format!("{path}.points"),
+                    "required",
+                    "a number (negative subtracts)",
+                );
                 return None;
             };
             StepKind::AddScore {
@@ -1176,7 +1193,11 @@ fn step(
         "set_stage" => match s.get("stage").map(|v| serde_json::from_value(v.clone())) {
             Some(Ok(stage)) => StepKind::SetStage { stage },
             _ => {
-                p.err(format!("{path}.stage"), "invalid_value", "a lifecycle stage");
+                p.err(
+                    format!("{path}.stage"),
+                    "invalid_value",
+                    "a lifecycle stage",
+                );
                 return None;
             }
         },
@@ -1282,12 +1303,20 @@ fn pressure(p: &mut P, v: &Value) -> Pressure {
     let window = |p: &mut P, key: &str| -> Option<DailyWindow> {
         let w = v.get(key)?;
         let path = format!("pressure.{key}");
-        let s = p.str_of(w, "start", &path, true).and_then(|x| parse_clock(&x));
-        let e = p.str_of(w, "end", &path, true).and_then(|x| parse_clock(&x));
+        let s = p
+            .str_of(w, "start", &path, true)
+            .and_then(|x| parse_clock(&x));
+        let e = p
+            .str_of(w, "end", &path, true)
+            .and_then(|x| parse_clock(&x));
         match (s, e) {
             (Some(start), Some(end)) if start != end => Some(DailyWindow { start, end }),
             _ => {
-                p.err(path, "invalid_value", "`start` and `end` as HH:MM, different");
+                p.err(
+                    path,
+                    "invalid_value",
+                    "`start` and `end` as HH:MM, different",
+                );
                 None
             }
         }
@@ -1298,10 +1327,11 @@ fn pressure(p: &mut P, v: &Value) -> Pressure {
         let names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
         let mut out = [false; 7];
         for (j, x) in d.as_array().cloned().unwrap_or_default().iter().enumerate() {
-            match x
-                .as_str()
-                .and_then(|s| names.iter().position(|n| s.to_ascii_lowercase().starts_with(n)))
-            {
+            match x.as_str().and_then(|s| {
+                names
+                    .iter()
+                    .position(|n| s.to_ascii_lowercase().starts_with(n))
+            }) {
                 Some(k) => out[k] = true,
                 None => p.err(
                     format!("pressure.send_window.days[{j}]"),
@@ -1563,7 +1593,10 @@ pub fn advance(
             StepKind::Wait { .. } | StepKind::WaitUntil { .. } | StepKind::WaitEvent { .. } => {
                 let until = wait_until(&step.kind, now, env);
                 pos.seq += 1;
-                out.push(Action::Ran { step: i, seq: pos.seq });
+                out.push(Action::Ran {
+                    step: i,
+                    seq: pos.seq,
+                });
                 if until <= now && !matches!(step.kind, StepKind::WaitEvent { .. }) {
                     follow(p, pos, step.next, out);
                     continue;
@@ -1587,7 +1620,10 @@ pub fn advance(
                 match env.send_check(template) {
                     SendCheck::Send => {
                         pos.seq += 1;
-                        out.push(Action::Ran { step: i, seq: pos.seq });
+                        out.push(Action::Ran {
+                            step: i,
+                            seq: pos.seq,
+                        });
                     }
                     SendCheck::Defer(t) => {
                         let t = p.pressure.next_allowed(t.max(now + 1), tz);
@@ -1614,13 +1650,19 @@ pub fn advance(
             } => {
                 let v = env.condition(i, cond);
                 pos.seq += 1;
-                out.push(Action::Ran { step: i, seq: pos.seq });
+                out.push(Action::Ran {
+                    step: i,
+                    seq: pos.seq,
+                });
                 follow(p, pos, if v { *then } else { *otherwise }, out);
             }
             StepKind::Split { paths, .. } => {
                 let x = env.sample(i) * 100.0;
                 pos.seq += 1;
-                out.push(Action::Ran { step: i, seq: pos.seq });
+                out.push(Action::Ran {
+                    step: i,
+                    seq: pos.seq,
+                });
                 let mut acc = 0.0;
                 let mut chosen = None;
                 for (pct, n) in paths {
@@ -1643,7 +1685,10 @@ pub fn advance(
             }
             StepKind::Exit { reason } => {
                 pos.seq += 1;
-                out.push(Action::Ran { step: i, seq: pos.seq });
+                out.push(Action::Ran {
+                    step: i,
+                    seq: pos.seq,
+                });
                 pos.step = None;
                 out.push(Action::Ended {
                     reason: reason.clone(),
@@ -1652,7 +1697,10 @@ pub fn advance(
             }
             StepKind::MoveTo { program } => {
                 pos.seq += 1;
-                out.push(Action::Ran { step: i, seq: pos.seq });
+                out.push(Action::Ran {
+                    step: i,
+                    seq: pos.seq,
+                });
                 pos.step = None;
                 out.push(Action::Ended {
                     reason: "moved".into(),
@@ -1661,7 +1709,10 @@ pub fn advance(
             }
             _ => {
                 pos.seq += 1;
-                out.push(Action::Ran { step: i, seq: pos.seq });
+                out.push(Action::Ran {
+                    step: i,
+                    seq: pos.seq,
+                });
                 follow(p, pos, step.next, out);
             }
         }

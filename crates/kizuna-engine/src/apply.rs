@@ -277,11 +277,15 @@ async fn apply_programs(store: &Store, clock: &dyn Clock, docs: Vec<(String, Val
             .remove("status")
             .and_then(|s| s.as_str().map(str::to_string))
             .unwrap_or_else(|| "draft".into());
-        let mapping: Option<std::collections::BTreeMap<String, String>> =
-            o.remove("mapping").and_then(|m| serde_json::from_value(m).ok());
+        let mapping: Option<std::collections::BTreeMap<String, String>> = o
+            .remove("mapping")
+            .and_then(|m| serde_json::from_value(m).ok());
         match crate::program::check(store, &def, &names).await {
             Ok(_) => planned.push((def, status, mapping)),
-            Err(EngineError::Invalid(e)) => errors.push(DocError { source: src, errors: e }),
+            Err(EngineError::Invalid(e)) => errors.push(DocError {
+                source: src,
+                errors: e,
+            }),
             Err(e) => return Err(Err(e)),
         }
     }
@@ -292,10 +296,16 @@ async fn apply_programs(store: &Store, clock: &dyn Clock, docs: Vec<(String, Val
     let mut out = Vec::new();
     for (def, status, mapping) in planned {
         let name = def["name"].as_str().unwrap_or_default().trim().to_string();
-        let existing = store.program_by_name(&name).await.map_err(|e| Err(e.into()))?;
+        let existing = store
+            .program_by_name(&name)
+            .await
+            .map_err(|e| Err(e.into()))?;
         let (id, outcome) = match existing {
             None => (
-                crate::program::create(store, &def, &status, now).await.map_err(Err)?.id,
+                crate::program::create(store, &def, &status, now)
+                    .await
+                    .map_err(Err)?
+                    .id,
                 "created",
             ),
             Some(row) => {

@@ -223,11 +223,17 @@ async fn renewal_90_60_30_completes_in_milliseconds_with_the_right_mails_on_the_
             .unwrap();
         let renewal = (t0() + Duration::days(100)).format("%Y-%m-%d").to_string();
         let c = env
-            .contact("renew@example.jp", json!({"custom": {"renewal_date": renewal}}))
+            .contact(
+                "renew@example.jp",
+                json!({"custom": {"renewal_date": renewal}}),
+            )
             .await;
         let later = (t0() + Duration::days(300)).format("%Y-%m-%d").to_string();
         let other = env
-            .contact("later@example.jp", json!({"custom": {"renewal_date": later}}))
+            .contact(
+                "later@example.jp",
+                json!({"custom": {"renewal_date": later}}),
+            )
             .await;
         let ids = env.install("renewal-90-60-30").await;
         env.run().await;
@@ -319,7 +325,10 @@ async fn wait_for_event_takes_the_event_path_or_the_timeout_path() {
         env.run().await;
         assert_eq!(env.mails(a).await.len(), 1);
         assert_eq!(env.mails(b).await.len(), 1);
-        assert!(env.enrollments(lead).await.is_empty(), "audience: customers only");
+        assert!(
+            env.enrollments(lead).await.is_empty(),
+            "audience: customers only"
+        );
         env.days(2).await;
         env.event(a, "product.used", json!({"feature": "reports"}))
             .await;
@@ -349,16 +358,18 @@ async fn quiet_hours_defer_to_the_window() {
                 "pressure": {"quiet_hours": {"start": "21:00", "end": "08:00"}, "time_zone": "Asia/Tokyo"}}))
             .await;
         let c = env.contact("q@example.jp", json!({})).await;
-        let osaka = env
-            .contact("utc@example.jp", json!({}))
-            .await;
+        let osaka = env.contact("utc@example.jp", json!({})).await;
         // 14:00 UTC = 23:00 JST.
         env.clock.set(t0() + Duration::hours(5));
         env.runner.enroll(pid, c, false).await.unwrap().unwrap();
         env.run().await;
         assert!(env.mails(c).await.is_empty(), "{}", env.name);
         let e = env.enrollments(c).await;
-        assert_eq!(e[0].due_at, Some(us(t0() + Duration::hours(14))), "08:00 JST");
+        assert_eq!(
+            e[0].due_at,
+            Some(us(t0() + Duration::hours(14))),
+            "08:00 JST"
+        );
         env.clock.set(t0() + Duration::hours(13));
         env.run().await;
         assert!(env.mails(c).await.is_empty());
@@ -388,7 +399,12 @@ async fn the_frequency_cap_and_the_duplicate_rule_hold_across_programs() {
         env.event(c, "x.happened", json!({})).await;
         env.run().await;
         let m = env.mails(c).await;
-        assert_eq!(m.len(), 1, "one mail in 7 days across A and B ({})", env.name);
+        assert_eq!(
+            m.len(),
+            1,
+            "one mail in 7 days across A and B ({})",
+            env.name
+        );
         env.days(6).await;
         assert_eq!(env.mails(c).await.len(), 1);
         env.days(2).await;
@@ -406,9 +422,11 @@ async fn the_frequency_cap_and_the_duplicate_rule_hold_across_programs() {
 
         // The same message from two programs goes once.
         for n in ["D1", "D2"] {
-            env.create(json!({"name": n, "triggers": [{"type": "event", "event": "y.happened"}],
-                "steps": [{"id": "m", "type": "send_email", "template": "shared"}]}))
-                .await;
+            env.create(
+                json!({"name": n, "triggers": [{"type": "event", "event": "y.happened"}],
+                "steps": [{"id": "m", "type": "send_email", "template": "shared"}]}),
+            )
+            .await;
         }
         let d = env.contact("dup@example.jp", json!({})).await;
         env.event(d, "y.happened", json!({})).await;
@@ -437,12 +455,14 @@ async fn a_crash_mid_wave_replays_with_every_step_exactly_once() {
         env.mail_template("wave-1").await;
         env.mail_template("wave-2").await;
         let pid = env
-            .create(json!({"name": "Wave", "triggers": [{"type": "api"}], "steps": [
+            .create(
+                json!({"name": "Wave", "triggers": [{"type": "api"}], "steps": [
                 {"id": "w", "type": "wait", "duration": "1d"},
                 {"id": "m1", "type": "send_email", "template": "wave-1"},
                 {"id": "t", "type": "create_task", "title": "Call {name}"},
                 {"id": "m2", "type": "send_email", "template": "wave-2"}
-            ], "pressure": {"time_zone": "UTC"}}))
+            ], "pressure": {"time_zone": "UTC"}}),
+            )
             .await;
         let mut ids = Vec::new();
         for i in 0..300 {
@@ -458,10 +478,7 @@ async fn a_crash_mid_wave_replays_with_every_step_exactly_once() {
             },
         );
         runner.run_until_idle().await.unwrap();
-        runner
-            .enroll_bulk(pid, &ids, env.now())
-            .await
-            .unwrap();
+        runner.enroll_bulk(pid, &ids, env.now()).await.unwrap();
         runner.run_until_idle().await.unwrap();
         env.clock.advance(Duration::days(1));
         // Crash after two committed batches of the wave, then again after one more.
@@ -579,7 +596,12 @@ async fn goals_unsubscribes_and_the_sales_cycle_end_enrollments() {
         let sales = env.contact("sales@example.jp", json!({})).await;
         env.run().await;
         for c in [goal, unsub, sales] {
-            assert_eq!(env.mails(c).await.len(), 1, "CEO mail at once ({})", env.name);
+            assert_eq!(
+                env.mails(c).await.len(),
+                1,
+                "CEO mail at once ({})",
+                env.name
+            );
             assert_eq!(env.mails(c).await[0].author, "identity");
         }
         env.store
@@ -596,7 +618,11 @@ async fn goals_unsubscribes_and_the_sales_cycle_end_enrollments() {
         env.run().await;
         let g = &env.enrollments(goal).await[0];
         assert_eq!(
-            (g.status.as_str(), g.exit_reason.as_deref(), g.goal.as_deref()),
+            (
+                g.status.as_str(),
+                g.exit_reason.as_deref(),
+                g.goal.as_deref()
+            ),
             ("completed", Some("goal_reached"), Some("became_sql")),
             "{}",
             env.name
@@ -622,9 +648,17 @@ async fn goals_unsubscribes_and_the_sales_cycle_end_enrollments() {
             m.iter().map(|x| x.author.as_str()).collect::<Vec<_>>(),
             vec!["identity", "owner", "owner"]
         );
-        let r = program::report(&env.store, env.store.program_by_name("Welcome 1-2-3").await.unwrap().unwrap().id)
-            .await
-            .unwrap();
+        let r = program::report(
+            &env.store,
+            env.store
+                .program_by_name("Welcome 1-2-3")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+        )
+        .await
+        .unwrap();
         assert_eq!(r["entered"], 4, "{}", env.name);
         assert_eq!(r["goal_reached"], 1);
         assert_eq!(r["exited"]["unsubscribed"], 1);
@@ -711,8 +745,12 @@ async fn every_shipped_template_simulates_and_runs() {
         }
         // Seminar for real: thanks at once, discount on day 3, ending on day 7.
         let att = env.contact("attendee@example.jp", json!({})).await;
-        env.event(att, "seminar.attended", json!({"seminar": "2026-10 MA入門"}))
-            .await;
+        env.event(
+            att,
+            "seminar.attended",
+            json!({"seminar": "2026-10 MA入門"}),
+        )
+        .await;
         env.run().await;
         env.days(8).await;
         let seminar: Vec<(String, i64)> = env
@@ -820,7 +858,12 @@ async fn kizuna_apply_creates_then_versions_a_program_file() {
         let r = kizuna_engine::apply::apply(&env.store, &env.clock, docs.clone())
             .await
             .unwrap();
-        assert_eq!((r[0].kind.as_str(), r[0].outcome), ("program", "updated"), "{}", env.name);
+        assert_eq!(
+            (r[0].kind.as_str(), r[0].outcome),
+            ("program", "updated"),
+            "{}",
+            env.name
+        );
         let row = env
             .store
             .program_by_name("Seminar attendee follow-up")

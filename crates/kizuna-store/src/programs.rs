@@ -361,7 +361,11 @@ impl Store {
     }
 
     /// Enrollments due at `now` in active programs, earliest first.
-    pub async fn due_enrollments(&self, now: i64, limit: u32) -> Result<Vec<Enrollment>, StoreError> {
+    pub async fn due_enrollments(
+        &self,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<Enrollment>, StoreError> {
         let cols = ENR_COLS
             .split(", ")
             .map(|c| format!("e.{c}"))
@@ -550,8 +554,13 @@ impl Store {
     pub async fn program_figures(
         &self,
         id: Uuid,
-    ) -> Result<(Vec<(String, Option<String>, Option<String>, i64)>, Vec<StepFigures>), StoreError>
-    {
+    ) -> Result<
+        (
+            Vec<(String, Option<String>, Option<String>, i64)>,
+            Vec<StepFigures>,
+        ),
+        StoreError,
+    > {
         #[derive(sqlx::FromRow)]
         struct S {
             status: String,
@@ -913,9 +922,7 @@ pub async fn add_step_counts(
 }
 
 /// Templates by id or name: (reference → (id, kind, subscription type)).
-pub async fn resolve_templates(
-    store: &Store,
-) -> Result<Vec<(Uuid, String, String)>, StoreError> {
+pub async fn resolve_templates(store: &Store) -> Result<Vec<(Uuid, String, String)>, StoreError> {
     #[derive(sqlx::FromRow)]
     struct Rw {
         id: Uuid,

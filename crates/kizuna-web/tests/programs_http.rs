@@ -104,7 +104,12 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, m: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        m: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut r = self
             .http
             .request(m, format!("{}/api/v1{path}", self.base))
@@ -257,7 +262,13 @@ async fn the_seminar_templates_three_mails_arrive_at_a_real_smtp_server() {
         // The attendee attended: thanks at once.
         store
             .append_events(
-                vec![NewEvent::new(cid, "seminar.attended", clock.now(), "import", json!({"seminar": "MA入門"}))],
+                vec![NewEvent::new(
+                    cid,
+                    "seminar.attended",
+                    clock.now(),
+                    "import",
+                    json!({"seminar": "MA入門"}),
+                )],
                 clock.now(),
             )
             .await
@@ -300,7 +311,11 @@ async fn the_seminar_templates_three_mails_arrive_at_a_real_smtp_server() {
         // The report.
         let (st, r) = api.get(&format!("/programs/{pid}/report")).await;
         assert_eq!(st, StatusCode::OK, "{b}: {r}");
-        assert_eq!((r["entered"].as_i64(), r["completed"].as_i64()), (Some(1), Some(1)), "{b}: {r}");
+        assert_eq!(
+            (r["entered"].as_i64(), r["completed"].as_i64()),
+            (Some(1), Some(1)),
+            "{b}: {r}"
+        );
         for s in r["steps"].as_array().unwrap() {
             if s["type"] == "send_email" {
                 assert_eq!(s["email"]["sent"], 1, "{b}: {s}");
@@ -311,17 +326,27 @@ async fn the_seminar_templates_three_mails_arrive_at_a_real_smtp_server() {
         let (st, _) = api.post(&format!("/programs/{pid}/pause"), json!({})).await;
         assert_eq!(st, StatusCode::OK);
         let (st, _) = api
-            .post(&format!("/programs/{pid}/enrollments"), json!({"contact_id": cid}))
+            .post(
+                &format!("/programs/{pid}/enrollments"),
+                json!({"contact_id": cid}),
+            )
             .await;
         assert_eq!(st, StatusCode::CONFLICT, "{b}");
-        api.post(&format!("/programs/{pid}/resume"), json!({})).await;
+        api.post(&format!("/programs/{pid}/resume"), json!({}))
+            .await;
         clock.advance(Duration::days(31));
         let (st, e) = api
-            .post(&format!("/programs/{pid}/enrollments"), json!({"contact_id": cid}))
+            .post(
+                &format!("/programs/{pid}/enrollments"),
+                json!({"contact_id": cid}),
+            )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{b}: {e}");
         let (st, _) = api
-            .post(&format!("/programs/{pid}/enrollments"), json!({"contact_id": cid}))
+            .post(
+                &format!("/programs/{pid}/enrollments"),
+                json!({"contact_id": cid}),
+            )
             .await;
         assert_eq!(st, StatusCode::CONFLICT, "{b}: already in");
         let (st, l) = api

@@ -69,7 +69,11 @@ pub async fn run(n: u64, background: u32, triggers: u32) -> anyhow::Result<ExitC
     println!("kizuna bench program — SQLite, {n} contacts");
     let t = Instant::now();
     let ids = contacts(&store, n).await?;
-    println!("  setup: {} contacts in {:.1}s", ids.len(), t.elapsed().as_secs_f64());
+    println!(
+        "  setup: {} contacts in {:.1}s",
+        ids.len(),
+        t.elapsed().as_secs_f64()
+    );
     template(&store, "marketing").await?;
     store
         .create_field(

@@ -156,7 +156,6 @@ impl Drop for Server {
     }
 }
 
-
 async fn runs(store: &Store, pid: Uuid, step: &str) -> i64 {
     program::report(store, pid).await.unwrap()["steps"]
         .as_array()
@@ -176,7 +175,10 @@ async fn kill_9_during_a_wave_of_expiring_waits_then_restart_runs_every_step_exa
         let now = Utc::now();
         let mut ids = Vec::with_capacity(N);
         for i in 0..N {
-            let input = serde_json::from_value(json!({"email": format!("p{i}@example.jp"), "last_name": format!("P{i}")})).unwrap();
+            let input = serde_json::from_value(
+                json!({"email": format!("p{i}@example.jp"), "last_name": format!("P{i}")}),
+            )
+            .unwrap();
             ids.push(store.create_contact(input, now, "api").await.unwrap().id);
         }
         store
@@ -209,9 +211,16 @@ async fn kill_9_during_a_wave_of_expiring_waits_then_restart_runs_every_step_exa
         .unwrap()
         .id;
         // Everyone into the 1-second wait (in this process), then hand the lease over.
-        let runner = ProgramRunner::new(store.clone(), Arc::new(clock.clone()), RunnerConfig::default());
+        let runner = ProgramRunner::new(
+            store.clone(),
+            Arc::new(clock.clone()),
+            RunnerConfig::default(),
+        );
         runner.run_until_idle().await.unwrap();
-        runner.enroll_bulk(pid, &ids, clock.now().timestamp_micros()).await.unwrap();
+        runner
+            .enroll_bulk(pid, &ids, clock.now().timestamp_micros())
+            .await
+            .unwrap();
         runner.run_until_idle().await.unwrap();
         assert_eq!(runs(&store, pid, "wait").await, N as i64, "{n}");
         runner.release().await;
@@ -228,7 +237,10 @@ async fn kill_9_during_a_wave_of_expiring_waits_then_restart_runs_every_step_exa
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         server.kill_9();
-        assert!(at_kill > 0 && at_kill < N as i64, "{n}: killed mid-wave ({at_kill} of {N})");
+        assert!(
+            at_kill > 0 && at_kill < N as i64,
+            "{n}: killed mid-wave ({at_kill} of {N})"
+        );
         let _server = Server::start(&db);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -254,7 +266,11 @@ async fn kill_9_during_a_wave_of_expiring_waits_then_restart_runs_every_step_exa
                     .0
             }
         };
-        assert_eq!(count("SELECT COUNT(*) FROM tasks").await, N as i64, "{n}: tasks");
+        assert_eq!(
+            count("SELECT COUNT(*) FROM tasks").await,
+            N as i64,
+            "{n}: tasks"
+        );
         assert_eq!(
             count("SELECT COUNT(DISTINCT contact_id) FROM tasks").await,
             N as i64,
@@ -270,6 +286,8 @@ async fn kill_9_during_a_wave_of_expiring_waits_then_restart_runs_every_step_exa
             N as i64,
             "{n}"
         );
-        println!("{n}: killed with {at_kill} of {N} mails queued; after the restart every step ran exactly once");
+        println!(
+            "{n}: killed with {at_kill} of {N} mails queued; after the restart every step ran exactly once"
+        );
     }
 }

@@ -20,16 +20,15 @@
 pub mod simulate;
 pub mod templates;
 
+use crate::EngineError;
 use crate::definitions::{self, Definitions, Names, POLICY_SETTING};
 use crate::state::{ContactState, Load, load_states};
-use crate::EngineError;
 use kizuna_core::clock::SharedClock;
 use kizuna_core::contact::{ContactInput, LifecycleStage};
-use kizuna_core::filter::event::{FeatureDef, FeatureState};
 use kizuna_core::filter::Filter;
+use kizuna_core::filter::event::{FeatureDef, FeatureState};
 use kizuna_core::program::{
-    self, Action, Cond, Env, Goal, OnEnd, Position, Program, Reentry, SendCheck, StepKind,
-    Trigger,
+    self, Action, Cond, Env, Goal, OnEnd, Position, Program, Reentry, SendCheck, StepKind, Trigger,
 };
 use kizuna_core::time::{from_micros, micros};
 use kizuna_store::Store;
@@ -339,17 +338,25 @@ pub async fn report(store: &Store, id: Uuid) -> Result<Value, EngineError> {
         if ty == "send_email" {
             let [n, sent, skipped, opened, clicked, bounced] =
                 store.program_step_email(id, &sid).await?;
-            let rate = |x: i64| if sent > 0 { x as f64 / sent as f64 } else { 0.0 };
+            let rate = |x: i64| {
+                if sent > 0 {
+                    x as f64 / sent as f64
+                } else {
+                    0.0
+                }
+            };
             v["email"] = json!({"queued": n, "sent": sent, "skipped": skipped, "opened": opened,
                                 "clicked": clicked, "bounced": bounced,
                                 "open_rate": rate(opened), "click_rate": rate(clicked)});
         }
         out_steps.push(v);
     }
-    Ok(json!({"program_id": id, "name": row.name, "status": row.status, "version": row.version,
+    Ok(
+        json!({"program_id": id, "name": row.name, "status": row.status, "version": row.version,
               "entered": entered, "active": active, "completed": completed,
               "goal_reached": goal_reached, "goals": goals, "exited": exited,
-              "steps": out_steps}))
+              "steps": out_steps}),
+    )
 }
 
 /// Loads and compiles every program version (versions that no longer compile, e.g. a template
@@ -377,7 +384,9 @@ pub async fn load(store: &Store) -> Result<Compiled, EngineError> {
                     l.versions.insert(v, Arc::new(p));
                 }
             }
-            Err(e) => tracing::warn!(program = %pid, version = v, error = %e, "program version does not compile"),
+            Err(e) => {
+                tracing::warn!(program = %pid, version = v, error = %e, "program version does not compile")
+            }
         }
     }
     let by_name = programs
@@ -405,12 +414,7 @@ pub async fn load(store: &Store) -> Result<Compiled, EngineError> {
         .setting(POLICY_SETTING)
         .await?
         .and_then(|p| serde_json::from_str::<Value>(&p).ok())
-        .and_then(|v| {
-            v.get("webhook")?
-                .get("url")?
-                .as_str()
-                .map(str::to_string)
-        });
+        .and_then(|v| v.get("webhook")?.get("url")?.as_str().map(str::to_string));
     Ok(Compiled {
         stamp,
         programs,
@@ -427,7 +431,15 @@ async fn stamp(store: &Store) -> Result<String, EngineError> {
     let progs = store.programs().await?;
     let n: String = progs
         .iter()
-        .map(|p| format!("{}/{}/{}/{}", p.id.simple(), p.version, p.status, p.scheduled_version))
+        .map(|p| {
+            format!(
+                "{}/{}/{}/{}",
+                p.id.simple(),
+                p.version,
+                p.status,
+                p.scheduled_version
+            )
+        })
         .collect::<Vec<_>>()
         .join(",");
     let t = progs.iter().map(|p| p.updated_at).max().unwrap_or(0);
@@ -530,12 +542,20 @@ impl ProgramRunner {
 
     async fn ensure_lease(&self, now: i64) -> Result<(), EngineError> {
         let mut until = self.inner.lease_until.lock().await;
-        let lease = self.inner.config.lease.num_microseconds().unwrap_or(30_000_000);
+        let lease = self
+            .inner
+            .config
+            .lease
+            .num_microseconds()
+            .unwrap_or(30_000_000);
         if *until - now > lease / 2 {
             return Ok(());
         }
         let store = &self.inner.store;
-        let fresh = store.checkpoint(&self.inner.config.checkpoint).await?.is_none();
+        let fresh = store
+            .checkpoint(&self.inner.config.checkpoint)
+            .await?
+            .is_none();
         if store
             .acquire_lease(
                 &self.inner.config.checkpoint,
@@ -786,13 +806,18 @@ impl ProgramRunner {
         Ok(built)
     }
 
-    async fn process_log(&self, c: &Arc<Compiled>, now: i64) -> Result<(usize, usize), EngineError> {
+    async fn process_log(
+        &self,
+        c: &Arc<Compiled>,
+        now: i64,
+    ) -> Result<(usize, usize), EngineError> {
         let store = &self.inner.store;
         let pos = self.position().await?;
         let (events, next) = store.read_log(&pos, self.inner.config.batch_size).await?;
         if events.is_empty() {
             if next != pos {
-                self.commit(c, vec![], Out::default(), Some(next), now).await?;
+                self.commit(c, vec![], Out::default(), Some(next), now)
+                    .await?;
             }
             return Ok((0, 0));
         }
@@ -890,14 +915,20 @@ impl ProgramRunner {
                 for (i, tr) in p.triggers.iter().enumerate() {
                     match tr {
                         Trigger::Event { matcher, kind } if matcher.matches(t, &ev.properties) => {
-                            self.try_enroll(c, l, cid, kind, false, now, &mut works, &mut facts, &mut out)
-                                .await?;
+                            self.try_enroll(
+                                c, l, cid, kind, false, now, &mut works, &mut facts, &mut out,
+                            )
+                            .await?;
                         }
                         Trigger::Inactivity { after }
                             if ev.source != "engine" && is_activity(t) =>
                         {
-                            out.schedules.insert((l.row.id, cid, i as i64), Some(ev.occurred_at.max(now - after.as_micros()) + after.as_micros(),
-                            ));
+                            out.schedules.insert(
+                                (l.row.id, cid, i as i64),
+                                Some(
+                                    ev.occurred_at.max(now - after.as_micros()) + after.as_micros(),
+                                ),
+                            );
                         }
                         Trigger::Date { field, offset }
                             if t == "contact.created" || t == "contact.updated" =>
@@ -905,9 +936,8 @@ impl ProgramRunner {
                             let cs = facts.get(store, &c.engine, cid, now).await?;
                             match program::contact_date(&cs.contact, field).map(|d| d + offset) {
                                 Some(at) if at >= now - 86_400_000_000 => {
-                                    {
-                                    out.schedules.insert((l.row.id, cid, i as i64), Some(at.max(now)));
-                                }
+                                    out.schedules
+                                        .insert((l.row.id, cid, i as i64), Some(at.max(now)));
                                 }
                                 _ => {
                                     out.schedules.insert((l.row.id, cid, i as i64), None);
@@ -925,7 +955,9 @@ impl ProgramRunner {
                 .iter_mut()
                 .filter(|w| w.e.contact_id == cid && w.e.status == "active")
             {
-                let Some(p) = program_of(c, &w.e) else { continue };
+                let Some(p) = program_of(c, &w.e) else {
+                    continue;
+                };
                 if let Some(g) = self.goal_reached(c, &p, cid, now, &mut facts).await? {
                     end(w, "completed", Some("goal_reached"), Some(g), now, &mut out);
                 }
@@ -1318,7 +1350,10 @@ impl ProgramRunner {
                         version: l.row.version,
                         contact_id: cid,
                         status: "active".into(),
-                        step_id: l.current().and_then(|p| p.steps.first()).map(|s| s.id.clone()),
+                        step_id: l
+                            .current()
+                            .and_then(|p| p.steps.first())
+                            .map(|s| s.id.clone()),
                         seq: 0,
                         waiting: 0,
                         due_at: Some(now),
@@ -1350,14 +1385,18 @@ impl ProgramRunner {
         now: i64,
     ) -> Result<(usize, usize), EngineError> {
         let store = &self.inner.store;
-        let due = store.due_schedules(now, self.inner.config.due_batch).await?;
+        let due = store
+            .due_schedules(now, self.inner.config.due_batch)
+            .await?;
         if due.is_empty() {
             return Ok((0, 0));
         }
         let mut out = Out::default();
         let mut targets: Vec<(Uuid, Uuid, &'static str)> = Vec::new();
         for (pid, cid, tno, at) in &due {
-            let Some(l) = c.programs.get(pid) else { continue };
+            let Some(l) = c.programs.get(pid) else {
+                continue;
+            };
             let Some(p) = l.current() else { continue };
             match p.triggers.get(*tno as usize) {
                 Some(Trigger::Recurring {
@@ -1426,9 +1465,15 @@ impl ProgramRunner {
         Ok((due.len(), steps))
     }
 
-    async fn process_due(&self, c: &Arc<Compiled>, now: i64) -> Result<(usize, usize), EngineError> {
+    async fn process_due(
+        &self,
+        c: &Arc<Compiled>,
+        now: i64,
+    ) -> Result<(usize, usize), EngineError> {
         let store = &self.inner.store;
-        let due = store.due_enrollments(now, self.inner.config.due_batch).await?;
+        let due = store
+            .due_enrollments(now, self.inner.config.due_batch)
+            .await?;
         if due.is_empty() {
             return Ok((0, 0));
         }
@@ -1461,7 +1506,14 @@ impl ProgramRunner {
                     }
                 }
                 None => {
-                    end(&mut w, "exited", Some("version_unavailable"), None, now, &mut out);
+                    end(
+                        &mut w,
+                        "exited",
+                        Some("version_unavailable"),
+                        None,
+                        now,
+                        &mut out,
+                    );
                 }
             }
             works.push(w);
@@ -1508,10 +1560,7 @@ impl ProgramRunner {
             let Some(p) = l.current().cloned() else {
                 return Err(EngineError::NotFound("program version"));
             };
-            let mine: Vec<&Work> = works
-                .iter()
-                .filter(|w| w.e.program_id == program)
-                .collect();
+            let mine: Vec<&Work> = works.iter().filter(|w| w.e.program_id == program).collect();
             if mine.iter().any(|w| w.e.status == "active") {
                 return Ok(None);
             }
@@ -1569,11 +1618,7 @@ impl ProgramRunner {
             id
         };
         let mut tx = store.db().begin().await?;
-        let news: Vec<Enrollment> = works
-            .into_iter()
-            .filter(|w| w.new)
-            .map(|w| w.e)
-            .collect();
+        let news: Vec<Enrollment> = works.into_iter().filter(|w| w.new).map(|w| w.e).collect();
         ps::insert_enrollments(&mut tx, &news).await?;
         kizuna_store::events::append(&mut tx, out.events, from_micros(now)).await?;
         tx.commit().await?;
@@ -1662,11 +1707,7 @@ impl ProgramRunner {
         let mut all_new = news;
         all_new.extend(out.moved.iter().cloned());
         ps::insert_enrollments(&mut tx, &all_new).await?;
-        let changed: Vec<Enrollment> = olds
-            .into_iter()
-            .filter(|w| w.dirty)
-            .map(|w| w.e)
-            .collect();
+        let changed: Vec<Enrollment> = olds.into_iter().filter(|w| w.dirty).map(|w| w.e).collect();
         ps::update_enrollments(&mut tx, &changed).await?;
         let mails = !out.mails.is_empty();
         outbox::enqueue(&mut tx, &out.mails, at).await?;
@@ -1777,7 +1818,6 @@ impl ProgramRunner {
     }
 }
 
-
 fn is_activity(t: &str) -> bool {
     !(t.starts_with("segment.")
         || t.starts_with("score.")
@@ -1792,7 +1832,11 @@ fn is_activity(t: &str) -> bool {
 }
 
 fn program_of(c: &Compiled, e: &Enrollment) -> Option<Arc<Program>> {
-    c.programs.get(&e.program_id)?.versions.get(&e.version).cloned()
+    c.programs
+        .get(&e.program_id)?
+        .versions
+        .get(&e.version)
+        .cloned()
 }
 
 fn position_of(c: &Compiled, e: &Enrollment) -> Position {
@@ -1853,7 +1897,13 @@ fn end(
     ));
 }
 
-fn note(cid: Uuid, kind: &str, url: &str, body: Value, now: i64) -> kizuna_store::sales::Notification {
+fn note(
+    cid: Uuid,
+    kind: &str,
+    url: &str,
+    body: Value,
+    now: i64,
+) -> kizuna_store::sales::Notification {
     let id = Uuid::now_v7();
     let mut body = body;
     body["delivery_id"] = json!(id);
@@ -1877,11 +1927,14 @@ fn task(
     due_in: Option<kizuna_core::span::Span>,
     now: i64,
 ) -> kizuna_store::sales::Task {
-    let name = [cs.contact.last_name.as_deref(), cs.contact.first_name.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let name = [
+        cs.contact.last_name.as_deref(),
+        cs.contact.first_name.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" ");
     let name = if name.is_empty() {
         cs.contact.email.clone().unwrap_or_default()
     } else {
@@ -2016,7 +2069,12 @@ impl FactCache {
         Ok(())
     }
 
-    async fn preload_sends(&mut self, store: &Store, ids: &[Uuid], now: i64) -> Result<(), EngineError> {
+    async fn preload_sends(
+        &mut self,
+        store: &Store,
+        ids: &[Uuid],
+        now: i64,
+    ) -> Result<(), EngineError> {
         let since = now - 400 * 86_400_000_000;
         let rows = store.program_sends_of(ids, since).await?;
         for id in ids {
@@ -2051,7 +2109,10 @@ impl FactCache {
     }
 
     fn note_send(&mut self, cid: Uuid, tid: Uuid, now: i64, enrollment: Uuid) {
-        self.sends.entry(cid).or_default().push((tid, now, enrollment));
+        self.sends
+            .entry(cid)
+            .or_default()
+            .push((tid, now, enrollment));
     }
 
     async fn get(

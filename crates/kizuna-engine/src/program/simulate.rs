@@ -320,7 +320,9 @@ pub async fn simulate(
                         e.0.insert(*cid, ());
                         e.1 += 1;
                         if let Some(k) = kind_of(&p.steps[step].kind) {
-                            *timeline.entry(((t - now).div_euclid(DAY), step)).or_default() += 1;
+                            *timeline
+                                .entry(((t - now).div_euclid(DAY), step))
+                                .or_default() += 1;
                             *totals.entry(k.into()).or_default() += 1;
                             *mine.entry(k.into()).or_default() += 1;
                         }

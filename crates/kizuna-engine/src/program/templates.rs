@@ -52,9 +52,21 @@ pub fn all() -> Vec<Shipped> {
             description: "Welcome 1-2-3 touch (seed 004): the first mail signed by the CEO at once, the next two by the owner rep after 3 and 7 days.",
             lists: vec![],
             mails: vec![
-                mail("welcome-1-ceo", "ご登録ありがとうございます", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>代表の{{ sender.name }}です。ご登録ありがとうございます。</p>"),
-                mail("welcome-2-owner", "お役立ち資料のご案内", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>担当の{{ owner.name | default(\"営業担当\") }}です。導入事例をお送りします。</p>"),
-                mail("welcome-3-owner", "個別相談のご案内", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>{{ owner.name | default(\"営業担当\") }}です。30分の個別相談はいかがでしょうか。</p>"),
+                mail(
+                    "welcome-1-ceo",
+                    "ご登録ありがとうございます",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>代表の{{ sender.name }}です。ご登録ありがとうございます。</p>",
+                ),
+                mail(
+                    "welcome-2-owner",
+                    "お役立ち資料のご案内",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>担当の{{ owner.name | default(\"営業担当\") }}です。導入事例をお送りします。</p>",
+                ),
+                mail(
+                    "welcome-3-owner",
+                    "個別相談のご案内",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>{{ owner.name | default(\"営業担当\") }}です。30分の個別相談はいかがでしょうか。</p>",
+                ),
             ],
             programs: vec![json!({
                 "name": "Welcome 1-2-3",
@@ -77,9 +89,21 @@ pub fn all() -> Vec<Shipped> {
             description: "Seminar attendee step mail (seed 003): thanks at once, attendee-only discount after 3 days, \"discount ends this week\" after 1 week.",
             lists: vec![],
             mails: vec![
-                mail("seminar-thanks", "セミナーにご参加いただきありがとうございました", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>本日はセミナーにご参加いただき、ありがとうございました。</p>"),
-                mail("seminar-discount", "【参加者限定】特別割引のご案内", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>セミナー参加者限定の割引をご用意しました。</p>"),
-                mail("seminar-discount-ending", "割引は今週で終了します", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>参加者限定割引は今週末で終了します。</p>"),
+                mail(
+                    "seminar-thanks",
+                    "セミナーにご参加いただきありがとうございました",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>本日はセミナーにご参加いただき、ありがとうございました。</p>",
+                ),
+                mail(
+                    "seminar-discount",
+                    "【参加者限定】特別割引のご案内",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>セミナー参加者限定の割引をご用意しました。</p>",
+                ),
+                mail(
+                    "seminar-discount-ending",
+                    "割引は今週で終了します",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>参加者限定割引は今週末で終了します。</p>",
+                ),
             ],
             programs: vec![json!({
                 "name": "Seminar attendee follow-up",
@@ -101,9 +125,21 @@ pub fn all() -> Vec<Shipped> {
             description: "Contract renewal (seed 004): mails 90, 60 and 30 days before custom.renewal_date, and a call task for the owner at 30 days.",
             lists: vec![],
             mails: vec![
-                mail("renewal-90", "ご契約更新のご案内（90日前）", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>ご契約の更新日が近づいてまいりました。</p>"),
-                mail("renewal-60", "ご契約更新のご案内（60日前）", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>更新プランのご相談を承ります。</p>"),
-                mail("renewal-30", "ご契約更新のご案内（30日前）", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>更新日まで30日となりました。</p>"),
+                mail(
+                    "renewal-90",
+                    "ご契約更新のご案内（90日前）",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>ご契約の更新日が近づいてまいりました。</p>",
+                ),
+                mail(
+                    "renewal-60",
+                    "ご契約更新のご案内（60日前）",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>更新プランのご相談を承ります。</p>",
+                ),
+                mail(
+                    "renewal-30",
+                    "ご契約更新のご案内（30日前）",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>更新日まで30日となりました。</p>",
+                ),
             ],
             programs: vec![json!({
                 "name": "Contract renewal 90/60/30",
@@ -126,10 +162,26 @@ pub fn all() -> Vec<Shipped> {
             description: "Re-engagement after 60 days of silence (seed 004): general and personal mail alternating every 2 weeks for 8 weeks; any engagement is the goal; unanswered contacts become dormant.",
             lists: vec![],
             mails: vec![
-                mail("reengage-general-1", "最近のアップデートのご紹介", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>新機能をご紹介します。</p>"),
-                mail("reengage-personal-1", "その後いかがでしょうか", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>{{ owner.name | default(\"営業担当\") }}です。その後いかがでしょうか。</p>"),
-                mail("reengage-general-2", "導入事例のご紹介", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>同業他社の事例です。</p>"),
-                mail("reengage-personal-2", "最後のご連絡です", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>{{ owner.name | default(\"営業担当\") }}です。ご不要でしたらこのままで結構です。</p>"),
+                mail(
+                    "reengage-general-1",
+                    "最近のアップデートのご紹介",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>新機能をご紹介します。</p>",
+                ),
+                mail(
+                    "reengage-personal-1",
+                    "その後いかがでしょうか",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>{{ owner.name | default(\"営業担当\") }}です。その後いかがでしょうか。</p>",
+                ),
+                mail(
+                    "reengage-general-2",
+                    "導入事例のご紹介",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>同業他社の事例です。</p>",
+                ),
+                mail(
+                    "reengage-personal-2",
+                    "最後のご連絡です",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>{{ owner.name | default(\"営業担当\") }}です。ご不要でしたらこのままで結構です。</p>",
+                ),
             ],
             programs: vec![json!({
                 "name": "Re-engagement after 60 days",
@@ -156,7 +208,11 @@ pub fn all() -> Vec<Shipped> {
             key: "low-usage-customer",
             description: "Low-usage customer: tips at once; if the product is not used within 7 days, a call task for the owner.",
             lists: vec![],
-            mails: vec![mail("low-usage-tips", "活用のヒントをお届けします", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>よく使われる機能を3つご紹介します。</p>")],
+            mails: vec![mail(
+                "low-usage-tips",
+                "活用のヒントをお届けします",
+                "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>よく使われる機能を3つご紹介します。</p>",
+            )],
             programs: vec![json!({
                 "name": "Low-usage customer",
                 "description": "tips, then a call if usage does not pick up",
@@ -176,8 +232,16 @@ pub fn all() -> Vec<Shipped> {
             description: "Lost-deal re-engagement: 90 days after a lost deal, what is new; a month later a case study; a click creates a task for the owner.",
             lists: vec![],
             mails: vec![
-                mail("lost-deal-news", "その後の製品アップデート", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>前回ご検討いただいた後の改善点をご紹介します。</p>"),
-                mail("lost-deal-case", "導入事例：同規模企業の成果", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>事例はこちらです。</p>"),
+                mail(
+                    "lost-deal-news",
+                    "その後の製品アップデート",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>前回ご検討いただいた後の改善点をご紹介します。</p>",
+                ),
+                mail(
+                    "lost-deal-case",
+                    "導入事例：同規模企業の成果",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>事例はこちらです。</p>",
+                ),
             ],
             programs: vec![json!({
                 "name": "Lost-deal re-engagement",
@@ -200,8 +264,16 @@ pub fn all() -> Vec<Shipped> {
             description: "Tiered newsletter (seed 002): the weekly newsletter and a monthly seminar invitation to the cold tier (list \"Cold tier\").",
             lists: vec!["Cold tier"],
             mails: vec![
-                mail("newsletter-weekly", "週刊ニュースレター", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>今週のトピックです。</p>"),
-                mail("seminar-invite-monthly", "今月のセミナーのご案内", "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>今月のセミナーにご招待します。</p>"),
+                mail(
+                    "newsletter-weekly",
+                    "週刊ニュースレター",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>今週のトピックです。</p>",
+                ),
+                mail(
+                    "seminar-invite-monthly",
+                    "今月のセミナーのご案内",
+                    "<p>{{ contact.last_name | default(\"ご担当者\") }}様</p><p>今月のセミナーにご招待します。</p>",
+                ),
             ],
             programs: vec![
                 json!({

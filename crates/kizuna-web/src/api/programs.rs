@@ -94,7 +94,11 @@ async fn read(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id, "program")?;
-    let r = s.store.program(id).await.map_err(|e| not_found(e, "program"))?;
+    let r = s
+        .store
+        .program(id)
+        .await
+        .map_err(|e| not_found(e, "program"))?;
     Ok(axum::Json(view(&s.store, r).await?))
 }
 
@@ -105,7 +109,10 @@ async fn replace(
     Json(body): Json<Value>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id, "program")?;
-    s.store.program(id).await.map_err(|e| not_found(e, "program"))?;
+    s.store
+        .program(id)
+        .await
+        .map_err(|e| not_found(e, "program"))?;
     let (def, status, mapping) = split_body(body);
     let now = micros(s.clock.now());
     let (mut r, moved) = program::update(&s.store, id, &def, mapping.as_ref(), now).await?;
@@ -196,7 +203,11 @@ async fn enroll(
     Json(i): Json<EnrollInput>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id, "program")?;
-    let r = s.store.program(id).await.map_err(|e| not_found(e, "program"))?;
+    let r = s
+        .store
+        .program(id)
+        .await
+        .map_err(|e| not_found(e, "program"))?;
     if r.status != "active" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -234,13 +245,20 @@ async fn enrollments(
     Query(p): Query<EnrollmentParams>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id, "program")?;
-    s.store.program(id).await.map_err(|e| not_found(e, "program"))?;
+    s.store
+        .program(id)
+        .await
+        .map_err(|e| not_found(e, "program"))?;
     let limit = clamp_limit(p.limit);
     let after = match &p.cursor {
-        Some(c) => Some(
-            c.parse::<Uuid>()
-                .map_err(|_| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_cursor", "a cursor from next_cursor").field("cursor"))?,
-        ),
+        Some(c) => Some(c.parse::<Uuid>().map_err(|_| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_cursor",
+                "a cursor from next_cursor",
+            )
+            .field("cursor")
+        })?),
         None => None,
     };
     let rows = s
@@ -249,7 +267,11 @@ async fn enrollments(
         .await?;
     let more = rows.len() > limit as usize;
     let data: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next = if more { data.last().map(|e| e.id.to_string()) } else { None };
+    let next = if more {
+        data.last().map(|e| e.id.to_string())
+    } else {
+        None
+    };
     Ok(axum::Json(json!({"data": data, "next_cursor": next})))
 }
 
@@ -266,10 +288,19 @@ struct SimInput {
     limit: Option<usize>,
 }
 
-async fn run_sim(s: &AppState, p: &kizuna_core::program::Program, i: &SimInput) -> ApiResult<Value> {
+async fn run_sim(
+    s: &AppState,
+    p: &kizuna_core::program::Program,
+    i: &SimInput,
+) -> ApiResult<Value> {
     let days = i.days.unwrap_or(56);
     if days == 0 || days > 3660 {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", "1 to 3660 days").field("days"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            "1 to 3660 days",
+        )
+        .field("days"));
     }
     let (contacts, everyone) = match &i.contacts {
         None | Some(Value::Null) => (None, false),
@@ -277,12 +308,22 @@ async fn run_sim(s: &AppState, p: &kizuna_core::program::Program, i: &SimInput) 
         Some(Value::String(x)) if x == "triggers" => (None, false),
         Some(v @ Value::Array(_)) => (
             Some(serde_json::from_value::<Vec<Uuid>>(v.clone()).map_err(|_| {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", "a list of contact ids").field("contacts")
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_value",
+                    "a list of contact ids",
+                )
+                .field("contacts")
             })?),
             false,
         ),
         _ => {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_value", "\"triggers\" (default), \"everyone\" or a list of contact ids").field("contacts"));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_value",
+                "\"triggers\" (default), \"everyone\" or a list of contact ids",
+            )
+            .field("contacts"));
         }
     };
     let c = runner(s).compiled().await?;
@@ -309,7 +350,11 @@ async fn simulate_saved(
     Json(i): Json<SimInput>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id, "program")?;
-    let r = s.store.program(id).await.map_err(|e| not_found(e, "program"))?;
+    let r = s
+        .store
+        .program(id)
+        .await
+        .map_err(|e| not_found(e, "program"))?;
     let def = match &i.definition {
         Some(d) => d.clone(),
         None => s.store.program_version(id, r.version).await?.0,
@@ -324,17 +369,24 @@ async fn simulate_unsaved(
     Json(i): Json<SimInput>,
 ) -> ApiResult<impl IntoResponse> {
     let Some(def) = &i.definition else {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "required", "the program definition to simulate").field("definition"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "required",
+            "the program definition to simulate",
+        )
+        .field("definition"));
     };
-    let p = program::check(&s.store, def, &[]).await.map_err(|e| match e {
-        kizuna_engine::EngineError::Invalid(mut v) => {
-            for x in &mut v.0 {
-                x.field = format!("definition.{}", x.field);
+    let p = program::check(&s.store, def, &[])
+        .await
+        .map_err(|e| match e {
+            kizuna_engine::EngineError::Invalid(mut v) => {
+                for x in &mut v.0 {
+                    x.field = format!("definition.{}", x.field);
+                }
+                ApiError::invalid(v)
             }
-            ApiError::invalid(v)
-        }
-        other => other.into(),
-    })?;
+            other => other.into(),
+        })?;
     Ok(axum::Json(run_sim(&s, &p, &i).await?))
 }
 
@@ -344,12 +396,17 @@ async fn report(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     let id = parse_id(&id, "program")?;
-    s.store.program(id).await.map_err(|e| not_found(e, "program"))?;
+    s.store
+        .program(id)
+        .await
+        .map_err(|e| not_found(e, "program"))?;
     Ok(axum::Json(program::report(&s.store, id).await?))
 }
 
 async fn shipped(_: Auth<Read>) -> ApiResult<impl IntoResponse> {
-    Ok(axum::Json(json!({"data": templates::all(), "next_cursor": null})))
+    Ok(axum::Json(
+        json!({"data": templates::all(), "next_cursor": null}),
+    ))
 }
 
 #[derive(Deserialize, Default)]
