@@ -885,3 +885,122 @@ async fn kizuna_apply_creates_then_versions_a_program_file() {
         assert_eq!(bad[0].errors.0[0].field, "steps[0].duration");
     }
 }
+
+#[tokio::test]
+async fn segment_trigger_branches_splits_and_contact_steps() {
+    for env in envs().await {
+        let engine = kizuna_engine::Engine::new(
+            env.store.clone(),
+            Arc::new(env.clock.clone()),
+            kizuna_engine::EngineConfig::default(),
+        );
+        env.store
+            .create_definition(
+                kizuna_store::definitions::DefinitionKind::Segment,
+                "Managers",
+                None,
+                &json!({"attribute": "job_title", "op": "contains", "value": "部長"}),
+                env.clock.now(),
+            )
+            .await
+            .unwrap();
+        env.store
+            .create_list("Nurtured", None, env.clock.now())
+            .await
+            .unwrap();
+        env.store
+            .create_list("Old", None, env.clock.now())
+            .await
+            .unwrap();
+        env.store
+            .create_field(
+                FieldInput {
+                    name: "nurture_score".into(),
+                    label: None,
+                    field_type: kizuna_core::field::FieldType::Number,
+                    options: vec![],
+                },
+                env.clock.now(),
+            )
+            .await
+            .unwrap();
+        env.store
+            .create_field(
+                FieldInput {
+                    name: "track".into(),
+                    label: None,
+                    field_type: kizuna_core::field::FieldType::Text,
+                    options: vec![],
+                },
+                env.clock.now(),
+            )
+            .await
+            .unwrap();
+        env.mail_template("next-step").await;
+        engine.run_until_idle().await.unwrap();
+        env.create(json!({"name": "Next", "triggers": [{"type": "api"}],
+            "steps": [{"id": "m", "type": "send_email", "template": "next-step"}]}))
+            .await;
+        env.create(json!({"name": "Managers", "triggers": [{"type": "segment_entered", "segment": "Managers"}],
+            "steps": [
+                {"id": "score", "type": "add_score", "points": 5},
+                {"id": "score2", "type": "add_score", "points": -2},
+                {"id": "tag", "type": "update_field", "field": "custom.track", "value": "manager"},
+                {"id": "list", "type": "add_to_list", "list": "Nurtured"},
+                {"id": "unlist", "type": "remove_from_list", "list": "Old"},
+                {"id": "is_lead", "type": "branch", "condition": {"attribute": "lifecycle_stage", "op": "eq", "value": "lead"}, "then": "mql", "else": "split"},
+                {"id": "mql", "type": "set_stage", "stage": "mql", "next": "split"},
+                {"id": "split", "type": "split", "paths": [{"percent": 100, "next": "move"}], "holdout": 0},
+                {"id": "move", "type": "move_to_program", "program": "Next"}
+            ]}))
+            .await;
+        let c = env
+            .contact("bucho@example.jp", json!({"lifecycle_stage": "lead"}))
+            .await;
+        let old = env.store.list_by_name("Old").await.unwrap().unwrap();
+        env.store
+            .add_to_list(old.id, &[c], env.clock.now())
+            .await
+            .unwrap();
+        env.run().await;
+        assert!(env.enrollments(c).await.is_empty());
+        env.store
+            .update_contact(
+                c,
+                serde_json::from_value(json!({"job_title": "営業部長"})).unwrap(),
+                env.clock.now(),
+                "api",
+            )
+            .await
+            .unwrap();
+        engine.run_until_idle().await.unwrap();
+        env.run().await;
+        env.run().await;
+        let ct = env.store.contact(c).await.unwrap();
+        assert_eq!(ct.custom["nurture_score"], json!(3.0), "{}", env.name);
+        assert_eq!(ct.custom["track"], json!("manager"));
+        assert_eq!(
+            ct.lifecycle_stage,
+            kizuna_core::contact::LifecycleStage::Mql,
+            "{}",
+            env.name
+        );
+        let lists: Vec<String> = env
+            .store
+            .list_memberships_of(&[c])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l.to_string())
+            .collect();
+        let nurtured = env.store.list_by_name("Nurtured").await.unwrap().unwrap();
+        assert_eq!(lists, vec![nurtured.id.to_string()], "{}", env.name);
+        let e = env.enrollments(c).await;
+        assert_eq!(e.len(), 2, "{}", env.name);
+        let mgr = env.store.program_by_name("Managers").await.unwrap().unwrap().id;
+        let (a, b): (Vec<_>, Vec<_>) = e.into_iter().partition(|x| x.program_id == mgr);
+        assert_eq!(a[0].exit_reason.as_deref(), Some("moved"));
+        assert_eq!(b[0].status, "completed", "{}", env.name);
+        assert_eq!(env.mail_names(c).await[0].0, "next-step");
+    }
+}
