@@ -808,7 +808,7 @@ impl EmailService {
             .unwrap_or_else(|| format!("<pre>{}</pre>", html_escape(&p.text))))
     }
 
-    /// Applies parsed bounces and complaints.
+    /// Applies parsed bounces, complaints and delivery confirmations.
     pub async fn apply_feedback(
         &self,
         items: &[Feedback],
@@ -822,6 +822,7 @@ impl EmailService {
                     FeedbackKind::HardBounce => "hard_bounce",
                     FeedbackKind::SoftBounce => "soft_bounce",
                     FeedbackKind::Complaint => "complaint",
+                    FeedbackKind::Delivered => "delivered",
                 }
                 .into(),
                 message_id: f.message_id,

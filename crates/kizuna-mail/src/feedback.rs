@@ -26,6 +26,9 @@ pub enum FeedbackKind {
     SoftBounce,
     /// The recipient marked the mail as spam.
     Complaint,
+    /// The receiving system confirmed delivery (DSN `Action: delivered`, SES `Delivery`,
+    /// SendGrid `delivered`): recorded as `email.delivered`.
+    Delivered,
 }
 
 /// One recipient's bounce or complaint.
@@ -209,7 +212,8 @@ pub fn parse_report(raw: &[u8]) -> Result<Vec<Feedback>, MailError> {
                     ("failed", Some('4')) => FeedbackKind::SoftBounce,
                     ("failed", _) => FeedbackKind::HardBounce,
                     ("delayed", _) => FeedbackKind::SoftBounce,
-                    _ => continue, // delivered, relayed, expanded
+                    ("delivered", _) => FeedbackKind::Delivered,
+                    _ => continue, // relayed, expanded: no final outcome yet
                 };
                 let detail = field(block, "diagnostic-code")
                     .map(|d| d.split_once(';').map_or(d, |(_, t)| t).trim().to_string())
@@ -224,7 +228,7 @@ pub fn parse_report(raw: &[u8]) -> Result<Vec<Feedback>, MailError> {
             }
             if out.is_empty() {
                 return Err(bad(
-                    "delivery-status report without a failed or delayed recipient",
+                    "delivery-status report without a delivered, failed or delayed recipient",
                 ));
             }
             Ok(out)
@@ -292,8 +296,8 @@ pub fn ses_subscription_url(body: &str) -> Option<String> {
         .flatten()
 }
 
-/// Parses an Amazon SES bounce or complaint notification (SNS envelope or raw). Other
-/// notification types (deliveries, subscription confirmations) give an empty list.
+/// Parses an Amazon SES bounce, complaint or delivery notification (SNS envelope or raw).
+/// Other notification types (subscription confirmations, sends) give an empty list.
 /// The SNS signature is not checked here.
 pub fn parse_ses(body: &str) -> Result<Vec<Feedback>, MailError> {
     let outer: Value =
@@ -368,6 +372,28 @@ pub fn parse_ses(body: &str) -> Result<Vec<Feedback>, MailError> {
                 }
             }
         }
+        "Delivery" => {
+            let d = inner
+                .get("delivery")
+                .ok_or_else(|| bad("Delivery without delivery"))?;
+            for addr in d
+                .get("recipients")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                out.push(Feedback {
+                    recipient: address_of(addr),
+                    kind: FeedbackKind::Delivered,
+                    message_id,
+                    status: None,
+                    detail: str_at(d, &["smtpResponse"])
+                        .unwrap_or("delivered via SES")
+                        .to_string(),
+                });
+            }
+        }
         _ => {}
     }
     Ok(out)
@@ -375,7 +401,8 @@ pub fn parse_ses(body: &str) -> Result<Vec<Feedback>, MailError> {
 
 /// Parses a SendGrid event webhook body (a JSON array of events). `bounce` (type `bounce`) is
 /// hard, `bounce` of type `blocked` and `deferred` are soft, `spamreport` is a complaint,
-/// `dropped` is hard or a complaint by its reason; other events are ignored. Our id is read
+/// `dropped` is hard or a complaint by its reason, `delivered` confirms delivery; other events
+/// (opens and clicks are tracked by Kizuna itself) are ignored. Our id is read
 /// from the custom argument `kizuna_message` when the sender set it, else from `smtp-id`.
 pub fn parse_sendgrid(body: &str) -> Result<Vec<Feedback>, MailError> {
     let events: Value =
@@ -397,6 +424,7 @@ pub fn parse_sendgrid(body: &str) -> Result<Vec<Feedback>, MailError> {
             "bounce" => FeedbackKind::HardBounce,
             "deferred" => FeedbackKind::SoftBounce,
             "spamreport" => FeedbackKind::Complaint,
+            "delivered" => FeedbackKind::Delivered,
             "dropped" if lower.contains("spam") => FeedbackKind::Complaint,
             "dropped" if lower.contains("bounce") || lower.contains("invalid") => {
                 FeedbackKind::HardBounce
@@ -451,7 +479,7 @@ mod tests {
     #[test]
     fn delayed_dsn_with_headers_only_is_soft() {
         let f = parse_report(include_bytes!("../tests/data/dsn_delayed_headers.eml")).unwrap();
-        assert_eq!(f.len(), 2);
+        assert_eq!(f.len(), 3);
         assert_eq!(f[0].recipient, "full@example.ne.jp");
         assert_eq!(f[0].kind, FeedbackKind::SoftBounce);
         assert_eq!(f[0].status.as_deref(), Some("4.2.2"));
@@ -459,6 +487,34 @@ mod tests {
         assert_eq!(f[0].message_id, id());
         assert_eq!(f[1].recipient, "gone@example.ne.jp");
         assert_eq!(f[1].kind, FeedbackKind::HardBounce);
+        // The recipient the report says was delivered is a delivery confirmation.
+        assert_eq!(
+            (f[2].recipient.as_str(), f[2].kind),
+            ("fine@example.ne.jp", FeedbackKind::Delivered)
+        );
+    }
+
+    #[test]
+    fn delivery_confirmations() {
+        let f = parse_report(include_bytes!("../tests/data/dsn_delivered_postfix.eml")).unwrap();
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].recipient.as_str(), f[0].kind, f[0].message_id),
+            ("hanako@example.co.jp", FeedbackKind::Delivered, id())
+        );
+        assert_eq!(f[0].status.as_deref(), Some("2.0.0"));
+        let f = parse_ses(include_str!("../tests/data/ses_delivery.json")).unwrap();
+        let got: Vec<(&str, FeedbackKind)> =
+            f.iter().map(|x| (x.recipient.as_str(), x.kind)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("taro@example.co.jp", FeedbackKind::Delivered),
+                ("jiro@example.co.jp", FeedbackKind::Delivered)
+            ]
+        );
+        assert_eq!(f[0].message_id, id());
+        assert!(f[0].detail.starts_with("250"), "{}", f[0].detail);
     }
 
     #[test]
@@ -517,6 +573,7 @@ mod tests {
                 ("later@example.jp", FeedbackKind::SoftBounce),
                 ("angry@example.jp", FeedbackKind::Complaint),
                 ("known-bad@example.jp", FeedbackKind::HardBounce),
+                ("delivered@example.jp", FeedbackKind::Delivered),
             ]
         );
         assert_eq!(f[0].message_id, id());

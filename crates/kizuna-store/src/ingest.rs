@@ -226,7 +226,9 @@ pub(crate) struct EventRow {
     pub context: Option<String>,
 }
 
-/// Appends event rows in multi-row statements.
+/// Appends event rows in multi-row statements. On SQLite each chunk takes a block of log
+/// positions (`seq`) at once, as [`crate::events::append`] does, instead of leaving the row
+/// trigger to number rows one by one.
 pub(crate) async fn insert_events(
     tx: &mut Tx,
     rows: Vec<EventRow>,
@@ -235,8 +237,23 @@ pub(crate) async fn insert_events(
     let mut it = rows.into_iter().peekable();
     while it.peek().is_some() {
         let chunk: Vec<EventRow> = it.by_ref().take(1000).collect();
-        let mut sql = String::with_capacity(128 + chunk.len() * 48);
-        sql.push_str("INSERT INTO events (id, contact_id, type, occurred_at, received_at, source, message_id, properties, context) VALUES ");
+        let sqlite = tx.dialect() == Dialect::Sqlite;
+        let mut next_seq = 0i64;
+        if sqlite {
+            let last: One<i64> = tx
+                .fetch_one(
+                    "UPDATE event_log_seq SET last = last + $1 WHERE id = 1 RETURNING last",
+                    args![chunk.len() as i64],
+                )
+                .await?;
+            next_seq = last.0 - chunk.len() as i64 + 1;
+        }
+        let mut sql = String::with_capacity(128 + chunk.len() * 52);
+        sql.push_str(if sqlite {
+            "INSERT INTO events (id, contact_id, type, occurred_at, received_at, source, message_id, properties, context, seq) VALUES "
+        } else {
+            "INSERT INTO events (id, contact_id, type, occurred_at, received_at, source, message_id, properties, context) VALUES "
+        });
         let mut a: Vec<Val> = Vec::with_capacity(chunk.len() * 8 + 1);
         a.push(received_at.into());
         // JSON arrives as text: SQLite stores it as is; PostgreSQL casts it to jsonb.
@@ -251,7 +268,7 @@ pub(crate) async fn insert_events(
             }
             let n = a.len();
             sql.push_str(&format!(
-                "(${},${},${},${},$1,${},${},${}{cast},${}{cast})",
+                "(${},${},${},${},$1,${},${},${}{cast},${}{cast}",
                 n + 1,
                 n + 2,
                 n + 3,
@@ -261,6 +278,11 @@ pub(crate) async fn insert_events(
                 n + 7,
                 n + 8
             ));
+            if sqlite {
+                sql.push_str(&format!(",${})", n + 9));
+            } else {
+                sql.push(')');
+            }
             a.extend(args![
                 e.id,
                 e.contact_id,
@@ -271,6 +293,10 @@ pub(crate) async fn insert_events(
                 e.properties,
                 e.context
             ]);
+            if sqlite {
+                a.push(Val::from(next_seq));
+                next_seq += 1;
+            }
         }
         tx.execute(sqlx::AssertSqlSafe(sql), a).await?;
     }

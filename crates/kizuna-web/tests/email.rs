@@ -431,8 +431,31 @@ async fn mail_reaches_a_real_smtp_server_signed_and_one_click_unsubscribe_stops_
         );
         assert_eq!(maildir_messages(&maildir).len(), 1, "{b}");
 
+        // The provider confirms delivery of the sent message; a retried webhook counts once.
+        let delivered = json!([{"email": "taro@yamada.example.jp", "event": "delivered", "response": "250 2.0.0 OK", "timestamp": 1790000000, "kizuna_message": m1["id"]}]);
+        for _ in 0..2 {
+            let res = e
+                .http
+                .post(format!(
+                    "{}/email/feedback/sendgrid?key=hook-secret",
+                    e.base
+                ))
+                .json(&delivered)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{b}");
+        }
+
         // Everything is on the timeline for the engine.
         let (_, tl) = e.get(&format!("/contacts/{cid}/timeline?limit=100")).await;
+        let delivered_events = tl["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "email.delivered")
+            .count();
+        assert_eq!(delivered_events, 1, "{b}: {tl}");
         let types: Vec<&str> = tl["data"]
             .as_array()
             .unwrap()
