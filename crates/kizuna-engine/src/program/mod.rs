@@ -1580,6 +1580,12 @@ impl ProgramRunner {
                     return Ok(None);
                 }
             }
+            if p.exit_on_sales_cycle
+                && !by_sales
+                && facts.get(store, &c.engine, contact, now).await?.in_sales()
+            {
+                return Ok(None);
+            }
             let e = Enrollment {
                 id: Uuid::now_v7(),
                 program_id: program,
