@@ -371,11 +371,17 @@ impl Store {
             .map(|c| format!("e.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
+        // Walk the due index in order (SQLite would otherwise pick the (program, status, step)
+        // index for the join and sort every due row of a large wave, per batch).
+        let hint = match self.dialect() {
+            crate::db::Dialect::Sqlite => " INDEXED BY program_enrollments_due",
+            crate::db::Dialect::Postgres => "",
+        };
         self.db()
             .reader()
             .fetch_all(
                 sqlx::AssertSqlSafe(format!(
-                    "SELECT {cols} FROM program_enrollments e JOIN programs p ON p.id = e.program_id WHERE e.status = 'active' AND e.due_at IS NOT NULL AND e.due_at <= $1 AND p.status = 'active' ORDER BY e.due_at LIMIT {limit}"
+                    "SELECT {cols} FROM program_enrollments e{hint} JOIN programs p ON p.id = e.program_id WHERE e.status = 'active' AND e.due_at IS NOT NULL AND e.due_at <= $1 AND p.status = 'active' ORDER BY e.due_at LIMIT {limit}"
                 )),
                 args![now],
             )
@@ -472,12 +478,16 @@ impl Store {
             trigger_no: i64,
             due_at: i64,
         }
+        let hint = match self.dialect() {
+            crate::db::Dialect::Sqlite => " INDEXED BY program_schedules_due",
+            crate::db::Dialect::Postgres => "",
+        };
         let rows: Vec<Rw> = self
             .db()
             .reader()
             .fetch_all(
                 sqlx::AssertSqlSafe(format!(
-                    "SELECT s.program_id, s.contact_id, s.trigger_no, s.due_at FROM program_schedules s JOIN programs p ON p.id = s.program_id WHERE s.due_at <= $1 AND p.status = 'active' ORDER BY s.due_at LIMIT {limit}"
+                    "SELECT s.program_id, s.contact_id, s.trigger_no, s.due_at FROM program_schedules s{hint} JOIN programs p ON p.id = s.program_id WHERE s.due_at <= $1 AND p.status = 'active' ORDER BY s.due_at LIMIT {limit}"
                 )),
                 args![now],
             )
