@@ -997,7 +997,13 @@ async fn segment_trigger_branches_splits_and_contact_steps() {
         assert_eq!(lists, vec![nurtured.id.to_string()], "{}", env.name);
         let e = env.enrollments(c).await;
         assert_eq!(e.len(), 2, "{}", env.name);
-        let mgr = env.store.program_by_name("Managers").await.unwrap().unwrap().id;
+        let mgr = env
+            .store
+            .program_by_name("Managers")
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
         let (a, b): (Vec<_>, Vec<_>) = e.into_iter().partition(|x| x.program_id == mgr);
         assert_eq!(a[0].exit_reason.as_deref(), Some("moved"));
         assert_eq!(b[0].status, "completed", "{}", env.name);
