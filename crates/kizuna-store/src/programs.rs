@@ -768,7 +768,31 @@ pub async fn update_enrollments(tx: &mut Tx, rows: &[Enrollment]) -> Result<(), 
     if rows.is_empty() {
         return Ok(());
     }
-    // One statement per chunk: UPDATE … FROM (VALUES …).
+    if tx.dialect() == crate::db::Dialect::Sqlite {
+        // SQLite plans UPDATE … FROM (VALUES …) as a scan of the whole table per chunk: one
+        // keyed statement per row (prepared once, cached) is linear.
+        for e in rows {
+            tx.execute(
+                "UPDATE program_enrollments SET version = $2, status = $3, step_id = $4, seq = $5, waiting = $6, due_at = $7, goal = $8, exit_reason = $9, ended_at = $10, updated_at = $11 WHERE id = $1",
+                args![
+                    e.id,
+                    e.version,
+                    e.status.as_str(),
+                    e.step_id.clone(),
+                    e.seq,
+                    e.waiting,
+                    e.due_at,
+                    e.goal.clone(),
+                    e.exit_reason.clone(),
+                    e.ended_at,
+                    e.updated_at
+                ],
+            )
+            .await?;
+        }
+        return Ok(());
+    }
+    // PostgreSQL: one statement per chunk, UPDATE … FROM (VALUES …).
     for chunk in rows.chunks(400) {
         let mut vals = String::new();
         let mut a: Vec<Val> = Vec::with_capacity(chunk.len() * 10);
