@@ -224,7 +224,7 @@ async fn a_throttled_broadcast_pauses_and_resumes_without_duplicate_or_skip() {
                     sender_id: sender.id,
                     author: "identity".into(),
                     subscription_type: "newsletter".into(),
-                    audience: Audience { list_id: list.id },
+                    audience: Audience::list(list.id),
                     throttle_per_minute: Some(60),
                     ab: None,
                 },

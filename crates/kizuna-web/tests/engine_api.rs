@@ -89,7 +89,18 @@ async fn the_engine_api_end_to_end() {
             .create_api_key("test", &[Scope::Admin], t0)
             .await
             .unwrap();
-        let state = AppState::new(store.clone(), Arc::new(clock.clone()), WebConfig::default());
+        let email = kizuna_delivery::EmailService::new(
+            store.clone(),
+            Arc::new(clock.clone()),
+            kizuna_delivery::EmailSettings::for_public_url("http://127.0.0.1"),
+        )
+        .await
+        .unwrap();
+        let config = WebConfig {
+            email: Some(email),
+            ..Default::default()
+        };
+        let state = AppState::new(store.clone(), Arc::new(clock.clone()), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/api/v1", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -255,6 +266,46 @@ async fn the_engine_api_end_to_end() {
         assert_eq!(sc["data"][0]["rules"][0]["rule"], "contact_form");
         let (_, segs) = api.get(&format!("/contacts/{cid}/segments")).await;
         assert_eq!(segs["data"][0]["name"], "Grade A pricing");
+        // A broadcast can go to a segment: its audience is the segment's members.
+        let (st, _) = api
+            .post(
+                "/subscription-types",
+                json!({"name": "newsletter", "label": "メールマガジン"}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{backend}");
+        let (st, sender) = api.post("/senders", json!({"name": "キズナ", "email": "news@kizuna.example.jp", "organization": "株式会社キズナ", "postal_address": "〒100-0001 東京都千代田区千代田1-1"})).await;
+        assert_eq!(st, StatusCode::CREATED, "{backend}: {sender}");
+        let (st, tpl) = api.post("/templates", json!({"name": "grade a", "subject": "ご案内", "html": "<p>{{ contact.last_name }}様</p>"})).await;
+        assert_eq!(st, StatusCode::CREATED, "{backend}: {tpl}");
+        let broadcast = |audience: Value| json!({"name": "grade A", "template_id": tpl["id"], "sender_id": sender["id"], "subscription_type": "newsletter", "audience": audience});
+        let (st, bc) = api
+            .post("/broadcasts", broadcast(json!({"segment_id": seg_id})))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{backend}: {bc}");
+        let (_, bc) = api
+            .get(&format!("/broadcasts/{}", bc["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(bc["progress"]["audience"], 1, "{backend}: {bc}");
+        assert_eq!(bc["audience"]["segment_id"].as_str(), Some(seg_id.as_str()));
+        for (audience, field) in [
+            (
+                json!({"segment_id": uuid::Uuid::now_v7()}),
+                "audience.segment_id",
+            ),
+            (
+                json!({"segment_id": seg_id, "list_id": uuid::Uuid::now_v7()}),
+                "audience",
+            ),
+            (json!({}), "audience"),
+        ] {
+            let (st, e) = api.post("/broadcasts", broadcast(audience)).await;
+            assert_eq!(
+                (st, e["error"]["field"].as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
+                "{backend}: {e}"
+            );
+        }
         let (_, sales) = api.get(&format!("/contacts/{cid}/sales")).await;
         assert_eq!(
             (

@@ -456,7 +456,7 @@ async fn bench_outbox(
                 sender_id: sender.id,
                 author: "identity".into(),
                 subscription_type: "newsletter".into(),
-                audience: Audience { list_id: list.id },
+                audience: Audience::list(list.id),
                 throttle_per_minute: None,
                 ab: None,
             },

@@ -243,7 +243,7 @@ async fn prepare(store: &Store, n: usize) -> (Uuid, String) {
                 sender_id: sender.id,
                 author: "identity".into(),
                 subscription_type: "newsletter".into(),
-                audience: Audience { list_id: list.id },
+                audience: Audience::list(list.id),
                 throttle_per_minute: None,
                 ab: None,
             },

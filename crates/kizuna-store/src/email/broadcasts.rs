@@ -11,8 +11,9 @@
 //! split evenly between variants); after `wait_minutes` the winner rule picks a variant and the
 //! rest of the audience gets it (phase 2).
 //!
-//! The audience is a [`Audience`]: a static list today; a segment (from the engine) is one more
-//! variant with its own page query in [`audience_page`].
+//! The audience ([`Audience`]) is a static list or a segment kept by the engine; either is paged
+//! by contact id in [`audience_page`], so a segment's members are taken as they are when each
+//! batch is enqueued.
 
 use super::metrics::EmailMetrics;
 use super::outbox::{NewMessage, enqueue};
@@ -31,7 +32,39 @@ use uuid::Uuid;
 #[serde(deny_unknown_fields)]
 pub struct Audience {
     /// A static list.
-    pub list_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_id: Option<Uuid>,
+    /// A segment kept by the engine: its members at the time each batch is enqueued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_id: Option<Uuid>,
+}
+
+impl Audience {
+    /// Everyone on a static list.
+    pub fn list(id: Uuid) -> Audience {
+        Audience {
+            list_id: Some(id),
+            segment_id: None,
+        }
+    }
+
+    /// The members of a segment.
+    pub fn segment(id: Uuid) -> Audience {
+        Audience {
+            list_id: None,
+            segment_id: Some(id),
+        }
+    }
+
+    /// The membership table, its key column and the id (a list wins if both were set; the API
+    /// refuses that).
+    fn source(&self) -> (&'static str, &'static str, Uuid) {
+        match (self.list_id, self.segment_id) {
+            (Some(l), _) => ("list_members", "list_id", l),
+            (None, Some(sg)) => ("segment_members", "segment_id", sg),
+            (None, None) => ("list_members", "list_id", Uuid::nil()),
+        }
+    }
 }
 
 /// One A/B variant: a subject and/or a template replacing the broadcast's.
@@ -186,9 +219,8 @@ impl Row {
             sender_id: self.sender_id,
             author: self.author.clone(),
             subscription_type: self.subscription_type.clone(),
-            audience: serde_json::from_value(self.audience.0.clone()).unwrap_or(Audience {
-                list_id: Uuid::nil(),
-            }),
+            audience: serde_json::from_value(self.audience.0.clone())
+                .unwrap_or(Audience::list(Uuid::nil())),
             throttle_per_minute: self.throttle_per_minute,
             ab: self
                 .ab
@@ -287,18 +319,19 @@ pub async fn audience_page(
     cursor: Option<Uuid>,
     limit: usize,
 ) -> Result<Vec<Uuid>, StoreError> {
+    let (table, key, id) = audience.source();
     let rows: Vec<One<Uuid>> = match cursor {
         Some(c) => {
             tx.fetch_all(
-                sqlx::AssertSqlSafe(format!("SELECT contact_id FROM list_members WHERE list_id = $1 AND contact_id > $2 ORDER BY contact_id LIMIT {limit}")),
-                args![audience.list_id, c],
+                sqlx::AssertSqlSafe(format!("SELECT contact_id FROM {table} WHERE {key} = $1 AND contact_id > $2 ORDER BY contact_id LIMIT {limit}")),
+                args![id, c],
             )
             .await?
         }
         None => {
             tx.fetch_all(
-                sqlx::AssertSqlSafe(format!("SELECT contact_id FROM list_members WHERE list_id = $1 ORDER BY contact_id LIMIT {limit}")),
-                args![audience.list_id],
+                sqlx::AssertSqlSafe(format!("SELECT contact_id FROM {table} WHERE {key} = $1 ORDER BY contact_id LIMIT {limit}")),
+                args![id],
             )
             .await?
         }
@@ -308,10 +341,11 @@ pub async fn audience_page(
 
 /// The audience's size.
 pub async fn audience_size(tx: &mut Tx, audience: &Audience) -> Result<i64, StoreError> {
+    let (table, key, id) = audience.source();
     let n: One<i64> = tx
         .fetch_one(
-            "SELECT COUNT(*) FROM list_members WHERE list_id = $1",
-            args![audience.list_id],
+            sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table} WHERE {key} = $1")),
+            args![id],
         )
         .await?;
     Ok(n.0)

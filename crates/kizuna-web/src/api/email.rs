@@ -324,14 +324,30 @@ async fn check_broadcast(s: &AppState, b: &BroadcastInput) -> ApiResult<()> {
         )
         .field("sender_id")
     })?;
-    s.store.list(b.audience.list_id).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            "no list with this id",
-        )
-        .field("audience.list_id")
-    })?;
+    let bad = |field: &str, msg: &str| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", msg).field(field)
+    };
+    match (b.audience.list_id, b.audience.segment_id) {
+        (Some(list), None) => {
+            s.store
+                .list(list)
+                .await
+                .map_err(|_| bad("audience.list_id", "no list with this id"))?;
+        }
+        (None, Some(segment)) => {
+            s.store
+                .definition(kizuna_store::definitions::DefinitionKind::Segment, segment)
+                .await
+                .map_err(|_| bad("audience.segment_id", "no segment with this id"))?;
+        }
+        _ => {
+            return Err(bad(
+                "audience",
+                "give exactly one of list_id (a static list) and segment_id (a segment)",
+            ));
+        }
+    }
+
     if !s
         .store
         .subscription_type_exists(&b.subscription_type)
