@@ -13,7 +13,7 @@
 
 use crate::definitions::{self, Definitions, ModelDef, Names, SegmentDef};
 use crate::pipeline::ENGINE_SOURCE;
-use crate::state::{ContactState, Load, load_states};
+use crate::state::{CONSENT_PREFIX, ContactState, Load, SALES_KEY, load_states};
 use crate::{Engine, EngineError};
 use kizuna_core::clock::Clock;
 use kizuna_core::contact::{Contact, LifecycleStage, Temperature};
@@ -98,41 +98,28 @@ pub async fn sync(engine: &Engine, defs: &Arc<Definitions>) -> Result<usize, Eng
         tx.commit().await?;
         work += 1;
     }
-    let mut rebuilt: HashSet<Uuid> = HashSet::new();
+    // Segments to build: the pending ones and every segment reading a rebuilt model or
+    // segment, built together in waves (each wave after the segments it reads).
+    let mut todo: HashSet<Uuid> = HashSet::new();
     for (kind, id, _) in &pending {
-        if *kind != DefinitionKind::ScoringModel {
-            continue;
-        }
-        if let Some(md) = defs.models.iter().find(|m| m.model.id == *id) {
-            build_model(engine, defs, md).await?;
-            work += 1;
-            for s in defs.dependents_of(*id, true) {
-                if rebuilt.insert(s)
-                    && let Some(seg) = defs.segment(s)
-                {
-                    build_segment(engine, defs, seg).await?;
+        match kind {
+            DefinitionKind::ScoringModel => {
+                if let Some(md) = defs.models.iter().find(|m| m.model.id == *id) {
+                    build_model(engine, defs, md).await?;
+                    work += 1;
+                    todo.extend(defs.dependents_of(*id, true));
+                }
+            }
+            DefinitionKind::Segment => {
+                if defs.segment(*id).is_some() {
+                    todo.insert(*id);
+                    work += 1;
+                    todo.extend(defs.dependents_of(*id, false));
                 }
             }
         }
     }
-    for seg in &defs.segments {
-        let pending_here = pending
-            .iter()
-            .any(|(k, id, _)| *k == DefinitionKind::Segment && *id == seg.id);
-        if !pending_here || rebuilt.contains(&seg.id) {
-            continue;
-        }
-        build_segment(engine, defs, seg).await?;
-        rebuilt.insert(seg.id);
-        work += 1;
-        for s in defs.dependents_of(seg.id, false) {
-            if rebuilt.insert(s)
-                && let Some(d) = defs.segment(s)
-            {
-                build_segment(engine, defs, d).await?;
-            }
-        }
-    }
+    build_segments(engine, defs, &todo).await?;
     Ok(work)
 }
 
@@ -281,10 +268,9 @@ pub fn candidates<'a>(
                 } else {
                     Some(
                         store
-                            .feature_holders(&e.feature.key)
+                            .feature_holder_ids(&e.feature.key)
                             .await?
                             .into_iter()
-                            .map(|r| r.0)
                             .collect(),
                     )
                 }
@@ -359,40 +345,77 @@ pub fn candidates<'a>(
     })
 }
 
-/// Evaluates a filter on contacts (all of them when `ids` is `None`): the members, and the
-/// earliest instant each evaluated contact's answer could change by time alone.
-async fn evaluate(
+/// The state a build of these filters must load: only the feature rows they read (behaviour
+/// features, the consent flags and the sales-cycle flag they test), scores only if they read
+/// a model, memberships only if they read segments or lists.
+struct Reads {
+    keys: Vec<String>,
+    members: bool,
+    lists: bool,
+    scores: bool,
+}
+
+impl Reads {
+    fn of<'f>(filters: impl IntoIterator<Item = &'f Filter>) -> Reads {
+        let mut r = Reads {
+            keys: Vec::new(),
+            members: false,
+            lists: false,
+            scores: false,
+        };
+        for f in filters {
+            r.keys.extend(f.features.iter().map(|fd| fd.key.clone()));
+            consent_keys(&f.root, &mut r.keys);
+            if f.deps.sales_cycle {
+                r.keys.push(SALES_KEY.to_string());
+            }
+            r.members |= !f.deps.segments.is_empty();
+            r.lists |= !f.deps.lists.is_empty();
+            r.scores |= !f.deps.models.is_empty();
+        }
+        r.keys.sort();
+        r.keys.dedup();
+        r
+    }
+
+    fn load(&self) -> Load<'_> {
+        Load {
+            members: self.members,
+            lists: self.lists,
+            timers: true,
+            features: Some(&self.keys),
+            scores: self.scores,
+        }
+    }
+}
+
+fn consent_keys(n: &Node, out: &mut Vec<String>) {
+    match n {
+        Node::All(xs) | Node::Any(xs) => xs.iter().for_each(|x| consent_keys(x, out)),
+        Node::Not(x) => consent_keys(x, out),
+        Node::Consent { key, .. } => out.push(format!("{CONSENT_PREFIX}{key}")),
+        _ => {}
+    }
+}
+
+/// Loads contacts (all of them when `ids` is `None`) chunk by chunk and hands each state to
+/// `visit`.
+async fn scan(
     store: &Store,
     defs: &Arc<Definitions>,
-    f: &Filter,
     ids: Option<Vec<Uuid>>,
     now: i64,
-    extra: Option<&HashMap<String, HashMap<Uuid, FeatureState>>>,
-    mut visit: impl FnMut(&ContactState, bool, Option<i64>),
+    load: Load<'_>,
+    mut visit: impl FnMut(ContactState),
 ) -> Result<(), EngineError> {
-    let load = Load {
-        members: !f.deps.segments.is_empty(),
-        lists: !f.deps.lists.is_empty(),
-        timers: true,
-    };
-    let mut run = |states: HashMap<Uuid, ContactState>| {
-        for mut cs in states.into_values() {
-            if let Some(extra) = extra {
-                for (k, m) in extra {
-                    if let Some(st) = m.get(&cs.contact.id) {
-                        cs.features.insert(k.clone(), st.clone());
-                    }
-                }
-            }
-            let o = f.eval(&cs, now);
-            visit(&cs, o.value, o.until.filter(|t| *t > now));
-        }
-    };
     match ids {
         Some(mut ids) => {
             ids.sort();
             for chunk in ids.chunks(CHUNK) {
-                run(load_states(store, defs, chunk, now, load).await?);
+                load_states(store, defs, chunk, now, load)
+                    .await?
+                    .into_values()
+                    .for_each(&mut visit);
             }
         }
         None => {
@@ -403,53 +426,136 @@ async fn evaluate(
                     break;
                 };
                 after = Some(last);
-                run(load_states(store, defs, &chunk, now, load).await?);
+                load_states(store, defs, &chunk, now, load)
+                    .await?
+                    .into_values()
+                    .for_each(&mut visit);
             }
         }
     }
     Ok(())
 }
 
-/// Builds a segment's members at the checkpoint and writes the difference.
-pub async fn build_segment(
+/// One segment of a build wave: its old members, its candidates, its new members.
+struct Job<'a> {
+    seg: &'a SegmentDef,
+    old: Set,
+    cands: Option<Set>,
+    new: Set,
+}
+
+/// Builds segments at the checkpoint and writes each one's difference. Segments reading other
+/// segments of the set wait for a later wave, so their candidates and memberships are read
+/// after those are written.
+pub async fn build_segments(
     engine: &Engine,
     defs: &Arc<Definitions>,
-    seg: &SegmentDef,
+    ids: &HashSet<Uuid>,
+) -> Result<(), EngineError> {
+    let mut left: Vec<&SegmentDef> = defs
+        .segments
+        .iter()
+        .filter(|s| ids.contains(&s.id))
+        .collect();
+    while !left.is_empty() {
+        let waiting: HashSet<Uuid> = left.iter().map(|s| s.id).collect();
+        let (mut wave, rest): (Vec<&SegmentDef>, Vec<&SegmentDef>) =
+            left.into_iter().partition(|s| {
+                s.filter
+                    .deps
+                    .segments
+                    .iter()
+                    .all(|d| !waiting.contains(d) || *d == s.id)
+            });
+        if wave.is_empty() {
+            // Not expected (definitions are acyclic): build the rest one by one.
+            wave = rest.clone();
+            for s in wave {
+                build_wave(engine, defs, &[s]).await?;
+            }
+            return Ok(());
+        }
+        build_wave(engine, defs, &wave).await?;
+        left = rest;
+    }
+    Ok(())
+}
+
+/// Builds segments that do not read one another in one pass over their candidates.
+async fn build_wave(
+    engine: &Engine,
+    defs: &Arc<Definitions>,
+    segs: &[&SegmentDef],
 ) -> Result<(), EngineError> {
     let store = engine.store();
     let now = engine.now();
     let started = std::time::Instant::now();
-    let old: Set = store
-        .segment_member_ids(seg.id)
-        .await?
-        .into_iter()
-        .collect();
     let cells = tokio::sync::OnceCell::new();
-    let cands = candidates(store, &seg.filter.root, &Holders::default(), &cells).await?;
-    let n_cands = cands.as_ref().map(|c| c.len());
-    let mut new = Set::new();
+    let mut jobs: Vec<Job> = Vec::with_capacity(segs.len());
+    for seg in segs {
+        jobs.push(Job {
+            seg,
+            old: store
+                .segment_member_ids(seg.id)
+                .await?
+                .into_iter()
+                .collect(),
+            cands: candidates(store, &seg.filter.root, &Holders::default(), &cells).await?,
+            new: Set::new(),
+        });
+    }
+    let ids: Option<Vec<Uuid>> = if jobs.iter().all(|j| j.cands.is_some()) {
+        let mut all = Set::new();
+        for j in &jobs {
+            all.extend(j.cands.iter().flatten().copied());
+        }
+        Some(all.into_iter().collect())
+    } else {
+        None
+    };
+    let scanned = ids.as_ref().map(|i| i.len());
+    let reads = Reads::of(segs.iter().map(|s| &s.filter));
     let mut timers: Vec<(Uuid, Option<i64>)> = Vec::new();
-    evaluate(
-        store,
-        defs,
-        &seg.filter,
-        cands.map(|c| c.into_iter().collect()),
-        now,
-        None,
-        |cs, member, until| {
-            if member {
-                new.insert(cs.contact.id);
-            }
-            if let Some(u) = until
-                && cs.timer_loaded.is_none_or(|t| u < t)
+    scan(store, defs, ids, now, reads.load(), |cs| {
+        let mut until: Option<i64> = None;
+        for j in jobs.iter_mut() {
+            if j.cands
+                .as_ref()
+                .is_some_and(|c| !c.contains(&cs.contact.id))
             {
-                timers.push((cs.contact.id, Some(u)));
+                continue;
             }
-        },
-    )
+            let o = j.seg.filter.eval(&cs, now);
+            if o.value {
+                j.new.insert(cs.contact.id);
+            }
+            if let Some(u) = o.until.filter(|t| *t > now) {
+                until = Some(until.map_or(u, |x| x.min(u)));
+            }
+        }
+        if let Some(u) = until
+            && cs.timer_loaded.is_none_or(|t| u < t)
+        {
+            timers.push((cs.contact.id, Some(u)));
+        }
+    })
     .await?;
-    let entered: Vec<Uuid> = new.difference(&old).copied().collect();
-    let exited: Vec<Uuid> = old.difference(&new).copied().collect();
+    let mut tx = store.db().begin().await?;
+    es::set_timers(&mut tx, &timers).await?;
+    tx.commit().await?;
+    for j in &jobs {
+        write_build(store, j, now).await?;
+    }
+    tracing::info!(segments = jobs.len(), scanned = ?scanned, elapsed = ?started.elapsed(), "segments built");
+    Ok(())
+}
+
+/// Writes one built segment: members entered and exited (with their events, keyed by the
+/// build) and the built version, in one transaction.
+async fn write_build(store: &Store, j: &Job<'_>, now: i64) -> Result<(), EngineError> {
+    let seg = j.seg;
+    let entered: Vec<Uuid> = j.new.difference(&j.old).copied().collect();
+    let exited: Vec<Uuid> = j.old.difference(&j.new).copied().collect();
     let cause = format!("b{}", seg.version);
     let mut tx = store.db().begin().await?;
     es::insert_members(
@@ -465,7 +571,6 @@ pub async fn build_segment(
         &exited.iter().map(|c| (seg.id, *c)).collect::<Vec<_>>(),
     )
     .await?;
-    es::set_timers(&mut tx, &timers).await?;
     let mut keys: Vec<(String, Uuid)> = Vec::new();
     let mut events = Vec::new();
     for (list, kind, dir) in [
@@ -503,8 +608,8 @@ pub async fn build_segment(
     )
     .await?;
     tx.commit().await?;
-    tracing::info!(segment = %seg.name, candidates = ?n_cands, members = new.len(), entered = entered.len(),
-        exited = exited.len(), elapsed = ?started.elapsed(), "segment built");
+    tracing::info!(segment = %seg.name, candidates = ?j.cands.as_ref().map(|c| c.len()), members = j.new.len(),
+        entered = entered.len(), exited = exited.len(), "segment built");
     Ok(())
 }
 
@@ -573,6 +678,8 @@ pub async fn build_model(
                 members: false,
                 lists: false,
                 timers: true,
+                features: Some(&[]),
+                scores: true,
             },
         )
         .await?;
@@ -733,18 +840,23 @@ pub async fn preview(
     let mut count = 0u64;
     let mut evaluated = 0u64;
     let mut hits: Vec<Contact> = Vec::new();
-    evaluate(
+    let reads = Reads::of([&f]);
+    scan(
         store,
         &defs,
-        &f,
         cands.map(|c| c.into_iter().collect()),
         now,
-        Some(&extra),
-        |cs, member, _| {
+        reads.load(),
+        |mut cs| {
+            for (k, m) in &extra {
+                if let Some(st) = m.get(&cs.contact.id) {
+                    cs.features.insert(k.clone(), st.clone());
+                }
+            }
             evaluated += 1;
-            if member {
+            if f.eval(&cs, now).value {
                 count += 1;
-                hits.push(cs.contact.clone());
+                hits.push(cs.contact);
                 if hits.len() > sample * 4 + 64 {
                     hits.sort_by_key(|c| c.id);
                     hits.truncate(sample);

@@ -137,6 +137,11 @@ pub fn record(defs: &Definitions, cs: &mut ContactState, e: &LogEvent, ch: &mut 
     {
         ch.attrs = true;
     }
+    // A new contact is checked against every segment once: conditions that hold without
+    // any event ("not opened in 30 days", "no sales cycle") hold for it from the start.
+    if t == "contact.created" {
+        ch.all = true;
+    }
     match t {
         "consent.granted" | "consent.withdrawn" | "email.unsubscribed" => {
             let granted = t == "consent.granted";

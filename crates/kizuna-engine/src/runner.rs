@@ -243,11 +243,7 @@ impl Engine {
                     defs,
                     &missing,
                     now,
-                    Load {
-                        members: true,
-                        lists: defs.uses_lists,
-                        timers: true,
-                    },
+                    Load::all(defs.uses_lists),
                 )
                 .await?,
             );

@@ -242,13 +242,31 @@ pub async fn refresh_profiles(
 
 /// What to load besides contacts.
 #[derive(Debug, Clone, Copy)]
-pub struct Load {
+pub struct Load<'a> {
     /// Segment memberships.
     pub members: bool,
     /// Static lists.
     pub lists: bool,
     /// Timers.
     pub timers: bool,
+    /// Feature rows (behaviour, consent `c:…`, sales cycle `s`): only these keys, or all of
+    /// them when `None`. A bulk build reads what its filters read, not a contact's whole state.
+    pub features: Option<&'a [String]>,
+    /// Score states.
+    pub scores: bool,
+}
+
+impl Load<'_> {
+    /// Everything a contact's state holds (the engine's own batches).
+    pub fn all(lists: bool) -> Load<'static> {
+        Load {
+            members: true,
+            lists,
+            timers: true,
+            features: None,
+            scores: true,
+        }
+    }
 }
 
 /// Loads the state of contacts (missing contacts are left out).
@@ -257,7 +275,7 @@ pub async fn load_states(
     defs: &std::sync::Arc<Definitions>,
     ids: &[Uuid],
     now: i64,
-    what: Load,
+    what: Load<'_>,
 ) -> Result<HashMap<Uuid, ContactState>, EngineError> {
     let contacts = store.contacts_by_ids(ids).await?;
     let company_ids: Vec<Uuid> = {
@@ -283,7 +301,11 @@ pub async fn load_states(
     if ids.is_empty() {
         return Ok(out);
     }
-    for (c, key, state) in store.features_of(&ids).await? {
+    let rows = match what.features {
+        None => store.features_of(&ids).await?,
+        Some(keys) => store.features_of_keys(&ids, keys).await?,
+    };
+    for (c, key, state) in rows {
         let Some(cs) = out.get_mut(&c) else { continue };
         if key == SALES_KEY {
             cs.sales = serde_json::from_str(&state).ok();
@@ -295,11 +317,13 @@ pub async fn load_states(
             cs.features.insert(key, f);
         }
     }
-    for r in store.scores_of(&ids).await? {
-        if let Some(cs) = out.get_mut(&r.contact_id)
-            && let Ok(st) = serde_json::from_str(&r.state)
-        {
-            cs.scores.insert(r.model_id, st);
+    if what.scores {
+        for r in store.scores_of(&ids).await? {
+            if let Some(cs) = out.get_mut(&r.contact_id)
+                && let Ok(st) = serde_json::from_str(&r.state)
+            {
+                cs.scores.insert(r.model_id, st);
+            }
         }
     }
     if what.members {

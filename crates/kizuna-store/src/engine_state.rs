@@ -189,6 +189,48 @@ impl Store {
             .collect())
     }
 
+    /// Feature states of contacts, only for the given feature keys (a build reads what its
+    /// filter reads, not every feature a contact has).
+    pub async fn features_of_keys(
+        &self,
+        ids: &[Uuid],
+        keys: &[String],
+    ) -> Result<Vec<(Uuid, String, String)>, StoreError> {
+        if keys.is_empty() || ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let sql = format!(
+                "SELECT contact_id, feature, state FROM engine_features WHERE feature IN ({}) AND contact_id IN ({})",
+                placeholders(0, keys.len()),
+                placeholders(keys.len(), chunk.len())
+            );
+            let mut a: Vec<Val> = keys.iter().map(|k| Val::from(k.clone())).collect();
+            a.extend(chunk.iter().map(|i| Val::from(*i)));
+            let rows: Vec<FeatureDb> = self
+                .db()
+                .reader()
+                .fetch_all(sqlx::AssertSqlSafe(sql), a)
+                .await?;
+            out.extend(rows.into_iter().map(|r| (r.contact_id, r.feature, r.state)));
+        }
+        Ok(out)
+    }
+
+    /// Contacts with a state for a feature (ids only: candidates of a build).
+    pub async fn feature_holder_ids(&self, key: &str) -> Result<Vec<Uuid>, StoreError> {
+        let rows: Vec<One<Uuid>> = self
+            .db()
+            .reader()
+            .fetch_all(
+                "SELECT contact_id FROM engine_features WHERE feature = $1",
+                args![key],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
     /// Every contact with a state for a feature, with the state.
     pub async fn feature_holders(&self, key: &str) -> Result<Vec<(Uuid, String)>, StoreError> {
         let rows: Vec<FeatureDb> = self

@@ -2065,9 +2065,8 @@ impl FactCache {
             &missing,
             now,
             Load {
-                members: true,
-                lists: true,
                 timers: false,
+                ..Load::all(true)
             },
         )
         .await?;
