@@ -571,7 +571,6 @@ async fn write_build(store: &Store, j: &Job<'_>, now: i64) -> Result<(), EngineE
         &exited.iter().map(|c| (seg.id, *c)).collect::<Vec<_>>(),
     )
     .await?;
-    let mut keys: Vec<(String, Uuid)> = Vec::new();
     let mut events = Vec::new();
     for (list, kind, dir) in [
         (&entered, "segment.entered", "in"),
@@ -586,18 +585,13 @@ async fn write_build(store: &Store, j: &Job<'_>, now: i64) -> Result<(), EngineE
                 ENGINE_SOURCE,
                 json!({"segment_id": seg.id, "segment": seg.name, "cause": "build", "version": seg.version}),
             );
-            e.message_id = Some(key.clone());
-            keys.push((key, *c));
+            e.message_id = Some(key);
             events.push(e);
         }
     }
-    let done = store
-        .effects_done(&keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>())
-        .await?;
-    events.retain(|e| !done.contains(e.message_id.as_deref().unwrap_or("")));
-    keys.retain(|k| !done.contains(&k.0));
+    // No effects ledger here: the events commit with the built version, so a build that
+    // committed is never redone and one that did not left nothing behind.
     kizuna_store::events::append(&mut tx, events, from_micros(now)).await?;
-    es::record_effects(&mut tx, &keys, now).await?;
     mark_built(
         &mut tx,
         DefinitionKind::Segment,

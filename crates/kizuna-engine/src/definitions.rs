@@ -80,6 +80,25 @@ impl Definitions {
         exact.iter().chain(self.patterned.iter()).copied()
     }
 
+    /// Whether an event of this type can change anything the engine keeps: the types it
+    /// handles itself (profile, consent, lists, stages, handoffs) and those a behaviour
+    /// feature or a scoring rule reads. Other events cost a log read and nothing more.
+    pub fn reads(&self, event_type: &str) -> bool {
+        const OWN: [&str; 5] = ["contact.", "company.", "list.", "consent.", "handoff."];
+        OWN.iter().any(|p| event_type.starts_with(p))
+            || matches!(
+                event_type,
+                "stage.changed" | "temperature.changed" | "email.unsubscribed"
+            )
+            || self.features_for(event_type).next().is_some()
+            || self.models.iter().any(|m| {
+                m.model
+                    .rules
+                    .iter()
+                    .any(|r| r.matcher.type_matches(event_type))
+            })
+    }
+
     /// A model by id.
     pub fn model(&self, id: Uuid) -> Option<&ScoringModel> {
         self.models

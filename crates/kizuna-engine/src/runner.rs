@@ -359,8 +359,20 @@ impl Engine {
         let mut ids: Vec<Uuid> = Vec::new();
         let mut rebuild: Vec<Uuid> = Vec::new();
         let mut stale: HashSet<Uuid> = HashSet::new();
-        for e in &events {
+        let mut reads: HashMap<String, bool> = HashMap::new();
+        let relevant = |e: &kizuna_store::log::LogEvent, reads: &mut HashMap<String, bool>| {
             if e.source == ENGINE_SOURCE {
+                return false;
+            }
+            if let Some(r) = reads.get(e.event_type.as_str()) {
+                return *r;
+            }
+            let r = defs.reads(&e.event_type);
+            reads.insert(e.event_type.clone(), r);
+            r
+        };
+        for e in &events {
+            if !relevant(e, &mut reads) {
                 continue;
             }
             ids.push(e.contact_id);
@@ -402,7 +414,7 @@ impl Engine {
         };
         let rebuilding: HashSet<Uuid> = rebuild.iter().copied().collect();
         for e in &events {
-            if e.source == ENGINE_SOURCE || rebuilding.contains(&e.contact_id) {
+            if !relevant(e, &mut reads) || rebuilding.contains(&e.contact_id) {
                 continue;
             }
             if let Some(cs) = states.get_mut(&e.contact_id) {

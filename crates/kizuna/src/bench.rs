@@ -39,9 +39,12 @@ pub enum Subject {
         /// Contacts generated.
         #[arg(long, default_value_t = 1_000_000)]
         contacts: u64,
-        /// Behaviour events generated.
+        /// Behaviour events generated in all: the history, then the live stream.
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
+        /// Of those, events streamed after the definitions are built (the steady state).
+        #[arg(long, default_value_t = 500_000)]
+        live: u64,
         /// Handoffs timed for the latency figure.
         #[arg(long, default_value_t = 200)]
         handoffs: u32,
@@ -120,9 +123,12 @@ pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
         Subject::Segment {
             contacts,
             events,
+            live,
             handoffs,
             database_url,
-        } => crate::bench_engine::bench_segment(contacts, events, handoffs, database_url).await,
+        } => {
+            crate::bench_engine::bench_segment(contacts, events, live, handoffs, database_url).await
+        }
         Subject::Ingest {
             events,
             batch,

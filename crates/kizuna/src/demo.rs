@@ -627,6 +627,27 @@ pub async fn generate_events(
     now: DateTime<Utc>,
     progress: bool,
 ) -> anyhow::Result<u64> {
+    generate_events_between(
+        store,
+        events,
+        seed,
+        now - chrono::Duration::days(90),
+        now,
+        progress,
+    )
+    .await
+}
+
+/// Like [`generate_events`], spread evenly between `start` and `end`.
+pub async fn generate_events_between(
+    store: &Store,
+    events: u64,
+    seed: u64,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    progress: bool,
+) -> anyhow::Result<u64> {
+    let now = end;
     let mut ids = Vec::new();
     let mut after = None;
     loop {
@@ -639,8 +660,7 @@ pub async fn generate_events(
     }
     anyhow::ensure!(!ids.is_empty(), "there are no contacts to attach events to");
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let span = chrono::Duration::days(90).num_microseconds().unwrap_or(1);
-    let start = now - chrono::Duration::days(90);
+    let span = (end - start).num_microseconds().unwrap_or(1).max(1);
     let mut written = 0u64;
     let per_tx = 20_000u64;
     while written < events {
