@@ -27,8 +27,6 @@ pub const MAX_STEPS: usize = 200;
 /// Most steps one enrollment runs in one go without waiting (guards against loops).
 pub const MAX_RUN: usize = 100;
 
-const DAY: i64 = 86_400_000_000;
-
 /// Where a step goes next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -305,9 +303,8 @@ impl DailyWindow {
 /// Pressure control (R-PROG-5).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pressure {
-    /// Default time zone (fixed offset, seconds east of UTC); a contact's `custom.time_zone`
-    /// wins.
-    pub time_zone: i32,
+    /// Default time zone; a contact's `custom.time_zone` wins.
+    pub time_zone: Zone,
     /// No mail in these hours.
     pub quiet_hours: Option<DailyWindow>,
     /// Mail only in these hours…
@@ -546,21 +543,72 @@ pub fn parse_clock(s: &str) -> Option<u32> {
     (h <= 24 && m < 60 && h * 3600 + m * 60 <= 86_400).then_some(h * 3600 + m * 60)
 }
 
-/// A time zone as a fixed offset (seconds east of UTC): `+09:00`, `UTC`, or a zone without
-/// daylight saving time (`Asia/Tokyo`, `Asia/Seoul`, `Asia/Shanghai`, `Asia/Singapore`,
-/// `Asia/Taipei`, `Asia/Hong_Kong`, `Asia/Kolkata`, `Asia/Jakarta`, `Asia/Bangkok`).
-pub fn parse_time_zone(s: &str) -> Option<i32> {
+/// A time zone: an IANA name with its daylight-saving rules (`America/New_York`,
+/// `Asia/Tokyo`) or a fixed offset (`+09:00`, `-05:30`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    /// Seconds east of UTC, all year.
+    Fixed(i32),
+    /// A named zone of the IANA database.
+    Named(chrono_tz::Tz),
+}
+
+impl Zone {
+    /// Japan Standard Time, the default of programs that name no zone.
+    pub const JST: Zone = Zone::Fixed(9 * 3600);
+
+    /// Seconds east of UTC at instant `t` (µs).
+    pub fn offset_at(&self, t: i64) -> i32 {
+        use chrono::Offset;
+        use chrono::TimeZone;
+        match self {
+            Zone::Fixed(o) => *o,
+            Zone::Named(tz) => {
+                let utc = chrono::DateTime::from_timestamp_micros(t)
+                    .unwrap_or_default()
+                    .naive_utc();
+                tz.offset_from_utc_datetime(&utc).fix().local_minus_utc()
+            }
+        }
+    }
+
+    /// The instant (µs) of a wall-clock time: `day` days after 1970-01-01 and `secs` seconds
+    /// after midnight, local. A time skipped by a daylight-saving jump is read as the same time
+    /// after the jump; a repeated one as its first occurrence.
+    pub fn instant_of(&self, day: i64, secs: u32) -> i64 {
+        use chrono::TimeZone;
+        let wall = day * 86_400 + secs as i64;
+        match self {
+            Zone::Fixed(o) => (wall - *o as i64) * 1_000_000,
+            Zone::Named(tz) => {
+                let naive = chrono::DateTime::from_timestamp(wall, 0)
+                    .unwrap_or_default()
+                    .naive_utc();
+                let r = tz.from_local_datetime(&naive);
+                let at = r.earliest().or_else(|| {
+                    tz.from_local_datetime(&(naive + chrono::Duration::hours(1)))
+                        .earliest()
+                });
+                match at {
+                    Some(a) => a.timestamp_micros(),
+                    None => (wall - self.offset_at(wall * 1_000_000) as i64) * 1_000_000,
+                }
+            }
+        }
+    }
+}
+
+/// Parses a time zone: an IANA name (`Asia/Tokyo`, `America/New_York`, `UTC`), `JST`, or a
+/// fixed offset `±HH:MM`.
+pub fn parse_time_zone(s: &str) -> Option<Zone> {
     let t = s.trim();
-    let named = match t {
-        "UTC" | "Etc/UTC" | "GMT" | "Z" => Some(0),
-        "Asia/Tokyo" | "Asia/Seoul" | "JST" => Some(9 * 3600),
-        "Asia/Shanghai" | "Asia/Singapore" | "Asia/Taipei" | "Asia/Hong_Kong" => Some(8 * 3600),
-        "Asia/Kolkata" => Some(5 * 3600 + 1800),
-        "Asia/Jakarta" | "Asia/Bangkok" => Some(7 * 3600),
-        _ => None,
-    };
-    if named.is_some() {
-        return named;
+    match t {
+        "UTC" | "Z" | "GMT" => return Some(Zone::Fixed(0)),
+        "JST" => return Some(Zone::JST),
+        _ => {}
+    }
+    if let Ok(tz) = t.parse::<chrono_tz::Tz>() {
+        return Some(Zone::Named(tz));
     }
     let (sign, rest) = match t.chars().next()? {
         '+' => (1, &t[1..]),
@@ -568,7 +616,7 @@ pub fn parse_time_zone(s: &str) -> Option<i32> {
         _ => return None,
     };
     let secs = parse_clock(rest)? as i32;
-    (secs <= 14 * 3600).then_some(sign * secs)
+    (secs <= 14 * 3600).then_some(Zone::Fixed(sign * secs))
 }
 
 const TRIGGER_TYPES: &str = "contact_created, event, form_submitted, segment_entered, segment_exited, stage_changed, score_threshold, date, inactivity, api, recurring";
@@ -1290,14 +1338,14 @@ fn check_loops(p: &mut P, steps: &[Step]) {
 
 fn pressure(p: &mut P, v: &Value) -> Pressure {
     let tz = match v.get("time_zone").and_then(Value::as_str) {
-        None => 9 * 3600,
+        None => Zone::JST,
         Some(s) => parse_time_zone(s).unwrap_or_else(|| {
             p.err(
                 "pressure.time_zone",
                 "invalid_value",
-                "a fixed offset (+09:00) or a zone without daylight saving time (Asia/Tokyo, UTC)",
+                "an IANA time zone (Asia/Tokyo, America/New_York, UTC) or a fixed offset (+09:00)",
             );
-            0
+            Zone::Fixed(0)
         }),
     };
     let window = |p: &mut P, key: &str| -> Option<DailyWindow> {
@@ -1404,7 +1452,7 @@ pub trait Env {
     /// A date field of the contact (µs).
     fn date_field(&self, field: &str) -> Option<i64>;
     /// The contact's time zone (seconds east of UTC), if it has one.
-    fn time_zone(&self) -> Option<i32>;
+    fn time_zone(&self) -> Option<Zone>;
     /// A number in [0, 1) fixed for this enrollment and step (random split).
     fn sample(&self, step: usize) -> f64;
     /// Pressure checks for a mail of this template.
@@ -1446,20 +1494,19 @@ pub enum Action {
     },
 }
 
-/// Seconds since local midnight and weekday (0 = Monday) of an instant in a time zone.
-fn local(t: i64, tz: i32) -> (u32, usize, i64) {
-    let secs = t.div_euclid(1_000_000) + tz as i64;
+/// Seconds since local midnight, weekday (0 = Monday) and local day number (days since
+/// 1970-01-01) of an instant in a time zone.
+fn local(t: i64, tz: Zone) -> (u32, usize, i64) {
+    let secs = t.div_euclid(1_000_000) + tz.offset_at(t) as i64;
     let day = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400) as u32;
     // 1970-01-01 was a Thursday (3).
     let wd = (day + 3).rem_euclid(7) as usize;
-    // Local midnight in UTC µs.
-    let midnight = (day * 86_400 - tz as i64) * 1_000_000;
-    (sod, wd, midnight)
+    (sod, wd, day)
 }
 
 impl Pressure {
-    fn allowed(&self, t: i64, tz: i32) -> bool {
+    fn allowed(&self, t: i64, tz: Zone) -> bool {
         let (sod, wd, _) = local(t, tz);
         if let Some(q) = self.quiet_hours
             && q.contains(sod)
@@ -1481,14 +1528,13 @@ impl Pressure {
 
     /// The first instant at or after `t` at which mail may go (quiet hours, send window and
     /// days, in the given time zone).
-    pub fn next_allowed(&self, t: i64, tz: i32) -> i64 {
+    pub fn next_allowed(&self, t: i64, tz: Zone) -> i64 {
         if self.allowed(t, tz) {
             return t;
         }
-        let (_, _, midnight) = local(t, tz);
+        let (_, _, today) = local(t, tz);
         let mut best: Option<i64> = None;
         for d in 0..9 {
-            let base = midnight + d * DAY;
             for s in [
                 self.quiet_hours.map(|q| q.end),
                 self.send_window.map(|w| w.start),
@@ -1497,7 +1543,7 @@ impl Pressure {
             .into_iter()
             .flatten()
             {
-                let c = base + s as i64 * 1_000_000;
+                let c = tz.instant_of(today + d, s);
                 if c >= t && self.allowed(c, tz) {
                     best = Some(best.map_or(c, |b: i64| b.min(c)));
                 }
@@ -1740,7 +1786,7 @@ pub fn contact_date(c: &Contact, field: &str) -> Option<i64> {
 }
 
 /// A contact's own time zone (`custom.time_zone`), if set and known.
-pub fn contact_time_zone(c: &Contact) -> Option<i32> {
+pub fn contact_time_zone(c: &Contact) -> Option<Zone> {
     c.custom
         .get("time_zone")
         .and_then(Value::as_str)

@@ -109,6 +109,13 @@ pub enum Subject {
 }
 
 pub async fn run(subject: Subject) -> anyhow::Result<ExitCode> {
+    // Progress lines from the engine (builds, phases) when RUST_LOG asks for them.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     match subject {
         Subject::Program {
             contacts,

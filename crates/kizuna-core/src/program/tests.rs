@@ -35,7 +35,7 @@ impl Env for E {
     fn date_field(&self, _: &str) -> Option<i64> {
         self.renewal
     }
-    fn time_zone(&self) -> Option<i32> {
+    fn time_zone(&self) -> Option<Zone> {
         None
     }
     fn sample(&self, _: usize) -> f64 {
@@ -56,6 +56,7 @@ fn env() -> E {
 }
 
 const H: i64 = 3_600_000_000;
+const DAY: i64 = 86_400_000_000;
 
 #[test]
 fn bad_nodes_are_named_by_path() {
@@ -221,8 +222,11 @@ fn send_window_days_skip_the_weekend() {
     .pressure;
     // 1970-01-03 was a Saturday: next allowed is Monday 1970-01-05 09:00.
     let sat_noon = 2 * DAY + 12 * H;
-    assert_eq!(pr.next_allowed(sat_noon, 0), 4 * DAY + 9 * H);
-    assert_eq!(pr.next_allowed(4 * DAY + 10 * H, 0), 4 * DAY + 10 * H);
+    assert_eq!(pr.next_allowed(sat_noon, Zone::Fixed(0)), 4 * DAY + 9 * H);
+    assert_eq!(
+        pr.next_allowed(4 * DAY + 10 * H, Zone::Fixed(0)),
+        4 * DAY + 10 * H
+    );
 }
 
 #[test]
@@ -265,10 +269,74 @@ fn split_holdout_and_cap() {
 
 #[test]
 fn time_zones_and_offsets() {
-    assert_eq!(parse_time_zone("Asia/Tokyo"), Some(9 * 3600));
-    assert_eq!(parse_time_zone("-05:30"), Some(-(5 * 3600 + 1800)));
-    assert_eq!(parse_time_zone("America/New_York"), None);
+    let tokyo = parse_time_zone("Asia/Tokyo").unwrap();
+    assert_eq!(tokyo.offset_at(0), 9 * 3600);
+    assert_eq!(
+        parse_time_zone("-05:30"),
+        Some(Zone::Fixed(-(5 * 3600 + 1800)))
+    );
+    assert_eq!(parse_time_zone("JST"), Some(Zone::JST));
+    assert_eq!(parse_time_zone("Mars/Olympus"), None);
+    assert_eq!(parse_time_zone("+15:00"), None);
+    // New York keeps daylight saving time: -5 h in January, -4 h in July.
+    let ny = parse_time_zone("America/New_York").unwrap();
+    let jan = chrono::DateTime::parse_from_rfc3339("2026-01-15T12:00:00Z")
+        .unwrap()
+        .timestamp_micros();
+    let jul = chrono::DateTime::parse_from_rfc3339("2026-07-15T12:00:00Z")
+        .unwrap()
+        .timestamp_micros();
+    assert_eq!(ny.offset_at(jan), -5 * 3600);
+    assert_eq!(ny.offset_at(jul), -4 * 3600);
     assert_eq!(parse_offset("-90d"), Some(-90 * DAY));
     assert_eq!(parse_offset("0d"), Some(0));
     assert_eq!(parse_offset("x"), None);
+}
+
+/// Quiet hours follow the contact's wall clock across a daylight-saving change: mail held
+/// overnight in New York goes at 08:00 local on the morning after the clocks moved, which is
+/// 13:00 UTC in winter and 12:00 UTC in summer.
+#[test]
+fn quiet_hours_follow_daylight_saving_time() {
+    let pr = compile(
+        &json!({"name": "q", "triggers": [{"type": "api"}], "steps": [{"id": "m", "type": "send_email", "template": "t"}],
+                "pressure": {"quiet_hours": {"start": "21:00", "end": "08:00"}, "time_zone": "America/New_York"}}),
+        &R,
+    )
+    .unwrap()
+    .pressure;
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_micros()
+    };
+    let ny = pr.time_zone;
+    // 2026-03-08 02:00 local: clocks spring forward. 23:00 local on the 7th (EST) = 04:00Z on the 8th.
+    assert_eq!(
+        pr.next_allowed(at("2026-03-08T04:00:00Z"), ny),
+        at("2026-03-08T12:00:00Z"),
+        "08:00 EDT"
+    );
+    // The evening before, still winter: 08:00 EST = 13:00Z.
+    assert_eq!(
+        pr.next_allowed(at("2026-03-07T03:00:00Z"), ny),
+        at("2026-03-07T13:00:00Z"),
+        "08:00 EST"
+    );
+    // 2026-11-01 02:00 local: clocks fall back. 23:00 EDT on Oct 31 = 03:00Z Nov 1.
+    assert_eq!(
+        pr.next_allowed(at("2026-11-01T03:00:00Z"), ny),
+        at("2026-11-01T13:00:00Z"),
+        "08:00 EST after the change"
+    );
+    // Daytime is allowed as is.
+    assert_eq!(
+        pr.next_allowed(at("2026-07-15T16:00:00Z"), ny),
+        at("2026-07-15T16:00:00Z")
+    );
+    // A fixed offset stays fixed.
+    assert_eq!(
+        pr.next_allowed(at("2026-03-08T04:00:00Z"), Zone::Fixed(-5 * 3600)),
+        at("2026-03-08T13:00:00Z")
+    );
 }

@@ -1996,7 +1996,7 @@ impl Env for RunEnv<'_> {
     fn date_field(&self, field: &str) -> Option<i64> {
         program::contact_date(self.contact, field)
     }
-    fn time_zone(&self) -> Option<i32> {
+    fn time_zone(&self) -> Option<program::Zone> {
         program::contact_time_zone(self.contact)
     }
     fn sample(&self, step: usize) -> f64 {

@@ -114,7 +114,7 @@ impl Env for SimEnv<'_> {
     fn date_field(&self, f: &str) -> Option<i64> {
         program::contact_date(self.contact, f)
     }
-    fn time_zone(&self) -> Option<i32> {
+    fn time_zone(&self) -> Option<program::Zone> {
         program::contact_time_zone(self.contact)
     }
     fn sample(&self, step: usize) -> f64 {
