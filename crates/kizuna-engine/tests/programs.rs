@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use kizuna_core::clock::{Clock, ManualClock};
 use kizuna_core::contact::ContactInput;
 use kizuna_core::field::FieldInput;
-use kizuna_engine::program::simulate::{SimOptions, simulate};
+use kizuna_engine::program::simulate::{Responses, SimOptions, simulate};
 use kizuna_engine::program::{self, ProgramRunner, RunnerConfig, templates};
 use kizuna_store::email::outbox::{EmailFilter, EmailMessage};
 use kizuna_store::events::NewEvent;
@@ -246,6 +246,7 @@ async fn renewal_90_60_30_completes_in_milliseconds_with_the_right_mails_on_the_
             &p,
             env.now(),
             &SimOptions {
+                responses: Default::default(),
                 days: 120,
                 contacts: None,
                 everyone: false,
@@ -728,6 +729,7 @@ async fn every_shipped_template_simulates_and_runs() {
                 &p,
                 env.now(),
                 &SimOptions {
+                    responses: Default::default(),
                     days: 200,
                     contacts: Some(vec![c, l]),
                     everyone: false,
@@ -1008,5 +1010,85 @@ async fn segment_trigger_branches_splits_and_contact_steps() {
         assert_eq!(a[0].exit_reason.as_deref(), Some("moved"));
         assert_eq!(b[0].status, "completed", "{}", env.name);
         assert_eq!(env.mail_names(c).await[0].0, "next-step");
+    }
+}
+
+/// With assumed response rates the simulation sends some contacts down the "opened" and
+/// "event arrived" paths — close to the rates, the same on every run — and without them
+/// everyone takes the no-response paths.
+#[tokio::test]
+async fn simulation_with_assumed_responses_splits_the_paths() {
+    for env in envs().await {
+        let n = env.name;
+        env.mail_template("first").await;
+        env.mail_template("follow-up").await;
+        env.mail_template("thanks").await;
+        for i in 0..400 {
+            env.contact(&format!("sim{i}@example.jp"), json!({})).await;
+        }
+        let id = env
+            .create(json!({"name": "Responses", "triggers": [{"type": "api"}], "steps": [
+                {"id": "m1", "type": "send_email", "template": "first"},
+                {"id": "b", "type": "branch", "if": {"step": "m1", "email": "opened"}, "then": "w", "else": "m2"},
+                {"id": "m2", "type": "send_email", "template": "follow-up", "next": "end"},
+                {"id": "w", "type": "wait_for_event", "event": "form.submitted", "timeout": "14d", "on_timeout": "end", "next": "m3"},
+                {"id": "m3", "type": "send_email", "template": "thanks"}
+            ]}))
+            .await;
+        env.run().await;
+        let c = env.runner.compiled().await.unwrap();
+        let p = c.programs[&id].versions[&1].clone();
+        let sim = |responses: Responses| {
+            let (store, c, p, now) = (env.store.clone(), c.clone(), p.clone(), env.now());
+            async move {
+                simulate(
+                    &store,
+                    &c,
+                    &p,
+                    now,
+                    &SimOptions {
+                        responses,
+                        days: 30,
+                        contacts: None,
+                        everyone: true,
+                        limit: 10_000,
+                    },
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let runs = |r: &kizuna_engine::program::simulate::SimReport, step: &str| {
+            r.steps.iter().find(|s| s.step == step).unwrap().contacts
+        };
+        let none = sim(Responses::default()).await;
+        assert_eq!(none.enrolled, 400, "{n}");
+        assert_eq!(runs(&none, "m2"), 400, "{n}: nobody opens");
+        assert_eq!(runs(&none, "w"), 0, "{n}");
+        let assumed = Responses {
+            opened: 0.5,
+            clicked: 0.1,
+            responded: 0.25,
+        };
+        let some = sim(assumed).await;
+        let opened = runs(&some, "w");
+        assert!(
+            (160..=240).contains(&opened),
+            "{n}: about half open: {opened}"
+        );
+        assert_eq!(
+            runs(&some, "m2"),
+            400 - opened,
+            "{n}: the rest get the follow-up"
+        );
+        let thanked = runs(&some, "m3");
+        let share = thanked as f64 / opened as f64;
+        assert!(
+            (0.15..=0.35).contains(&share),
+            "{n}: about a quarter of the openers respond: {thanked} of {opened}"
+        );
+        assert_eq!(some.totals["emails"], 400 + (400 - opened) + thanked, "{n}");
+        assert!(some.assumptions[0].contains("50% of mails opened"), "{n}");
+        assert_eq!(sim(assumed).await.steps, some.steps, "{n}: stable");
     }
 }

@@ -258,6 +258,36 @@ async fn the_seminar_templates_three_mails_arrive_at_a_real_smtp_server() {
             .collect();
         assert_eq!(days, vec![0, 3, 7], "{b}: {sim}");
         assert_eq!(sim["per_contact_max"]["emails"], 3);
+        // Assumed response rates are checked field by field.
+        for (assume, field) in [
+            (json!({"opened": 1.5}), "assume.opened"),
+            (json!({"replied": 0.1}), "assume.replied"),
+            (json!({"clicked": "often"}), "assume.clicked"),
+            (json!([0.3]), "assume"),
+        ] {
+            let (st, e) = api
+                .post(
+                    &format!("/programs/{pid}/simulate"),
+                    json!({"days": 14, "contacts": [cid], "assume": assume}),
+                )
+                .await;
+            assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{b}: {e}");
+            assert_eq!(e["error"]["field"], field, "{b}: {e}");
+        }
+        let (st, sim) = api
+            .post(
+                &format!("/programs/{pid}/simulate"),
+                json!({"days": 14, "contacts": [cid], "assume": {"opened": 0.3, "responded": 0.2}}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{b}: {sim}");
+        assert!(
+            sim["assumptions"][0]
+                .as_str()
+                .unwrap()
+                .contains("30% of mails opened"),
+            "{b}: {sim}"
+        );
 
         // The attendee attended: thanks at once.
         store

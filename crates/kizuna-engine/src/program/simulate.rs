@@ -3,9 +3,11 @@
 //! ("6 mails and 3 calls over 8 weeks", seed 004) — before go-live.
 //!
 //! The same step machine as the runner ([`kizuna_core::program::advance`]) drives every
-//! simulated enrollment. Assumptions, stated in the report: nobody responds (a
-//! wait_for_event takes its timeout path, opened/clicked conditions are false), other
-//! conditions are read from each contact's state now, goals are not reached.
+//! simulated enrollment. Assumptions, stated in the report: responses at the rates given
+//! ([`Responses`]; none by default — a wait_for_event takes its timeout path, opened/clicked
+//! conditions are false), other conditions are read from each contact's state now, goals are
+//! not reached. Who responds is drawn per enrollment from a stable hash, so a simulation
+//! repeats exactly.
 
 use super::{Compiled, FactCache};
 use crate::EngineError;
@@ -32,6 +34,20 @@ pub struct SimOptions {
     pub everyone: bool,
     /// At most this many enrollments.
     pub limit: usize,
+    /// Assumed response rates.
+    pub responses: Responses,
+}
+
+/// Assumed response rates, each in 0‥1 (0: nobody responds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Responses {
+    /// Share of mails opened (what an `opened` branch sees).
+    pub opened: f64,
+    /// Share of mails clicked (a clicked mail was opened: at most `opened`).
+    pub clicked: f64,
+    /// Share of enrollments whose awaited event arrives before a wait_for_event times out
+    /// (it arrives halfway through the wait).
+    pub responded: f64,
 }
 
 /// Mails and other effects of one step on one day.
@@ -100,6 +116,7 @@ pub struct SimReport {
 struct SimEnv<'a> {
     contact: &'a kizuna_core::contact::Contact,
     conds: &'a HashMap<usize, bool>,
+    responses: Responses,
     key: String,
     seq: i64,
     program: &'a Program,
@@ -108,8 +125,20 @@ struct SimEnv<'a> {
 }
 
 impl Env for SimEnv<'_> {
-    fn condition(&mut self, step: usize, _c: &Cond) -> bool {
-        self.conds.get(&step).copied().unwrap_or(false)
+    fn condition(&mut self, step: usize, c: &Cond) -> bool {
+        match c {
+            // One draw per mail: whoever clicked also opened.
+            Cond::EmailStep { step: mail, what } => {
+                let u = program::stable_sample(&format!("{}:mail:{mail}", self.key));
+                let rate = if what == "clicked" {
+                    self.responses.clicked.min(self.responses.opened)
+                } else {
+                    self.responses.opened
+                };
+                u < rate
+            }
+            Cond::Filter(_) => self.conds.get(&step).copied().unwrap_or(false),
+        }
     }
     fn date_field(&self, f: &str) -> Option<i64> {
         program::contact_date(self.contact, f)
@@ -298,11 +327,13 @@ pub async fn simulate(
         let mut t = *at;
         let mut mine: BTreeMap<String, u64> = BTreeMap::new();
         let mut sent = Vec::new();
+        let mut event = false;
         let outcome;
         loop {
             let mut env = SimEnv {
                 contact: &contact,
                 conds: &conds,
+                responses: opts.responses,
                 key: format!("sim:{n}"),
                 seq: pos.seq,
                 program: p,
@@ -310,7 +341,8 @@ pub async fn simulate(
                 now: t,
             };
             let mut actions = Vec::new();
-            program::advance(p, &mut pos, t, false, &mut env, &mut actions);
+            program::advance(p, &mut pos, t, event, &mut env, &mut actions);
+            event = false;
             sent = env.sent;
             let mut ended = None;
             for a in actions {
@@ -335,6 +367,21 @@ pub async fn simulate(
             if let Some(r) = ended {
                 outcome = r;
                 break;
+            }
+            let awaiting = pos
+                .step
+                .is_some_and(|i| matches!(p.steps[i].kind, StepKind::WaitEvent { .. }));
+            if awaiting
+                && let Some(d) = pos.due_at
+                && program::stable_sample(&format!("sim:{n}:event:{}", pos.seq))
+                    < opts.responses.responded
+            {
+                let arrives = t + (d - t) / 2;
+                if arrives < end {
+                    t = arrives.max(t + 1);
+                    event = true;
+                    continue;
+                }
             }
             match pos.due_at {
                 Some(d) if d < end && pos.step.is_some() => t = d.max(t + 1),
@@ -417,7 +464,16 @@ pub async fn simulate(
         summary,
         unpredictable_triggers: unpredictable,
         assumptions: vec![
-            "nobody responds: wait_for_event steps take their timeout path, opened/clicked conditions are false".into(),
+            if opts.responses == Responses::default() {
+                "nobody responds: wait_for_event steps take their timeout path, opened/clicked conditions are false".into()
+            } else {
+                format!(
+                    "responses: {:.0}% of mails opened, {:.0}% clicked; {:.0}% of awaited events arrive, halfway through the wait",
+                    opts.responses.opened * 100.0,
+                    opts.responses.clicked.min(opts.responses.opened) * 100.0,
+                    opts.responses.responded * 100.0
+                )
+            },
             "other conditions are read from each contact's state now".into(),
             "goals are not reached; nothing is sent".into(),
         ],

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use kizuna_core::time::{from_micros, micros};
-use kizuna_engine::program::simulate::{SimOptions, simulate};
+use kizuna_engine::program::simulate::{Responses, SimOptions, simulate};
 use kizuna_engine::program::{self, ProgramRunner, RunnerConfig, templates};
 use kizuna_store::Store;
 use kizuna_store::page::clamp_limit;
@@ -286,6 +286,49 @@ struct SimInput {
     contacts: Option<Value>,
     #[serde(default)]
     limit: Option<usize>,
+    #[serde(default)]
+    assume: Option<Value>,
+}
+
+/// `assume: {"opened", "clicked", "responded"}`, each a share in 0‥1.
+fn responses(v: &Option<Value>) -> ApiResult<Responses> {
+    let mut r = Responses::default();
+    let Some(v) = v.as_ref().filter(|v| !v.is_null()) else {
+        return Ok(r);
+    };
+    let Some(o) = v.as_object() else {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            "an object of response rates: opened, clicked, responded",
+        )
+        .field("assume"));
+    };
+    for (k, x) in o {
+        let rate = x.as_f64().filter(|f| (0.0..=1.0).contains(f));
+        let slot = match k.as_str() {
+            "opened" => &mut r.opened,
+            "clicked" => &mut r.clicked,
+            "responded" => &mut r.responded,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "unknown_field",
+                    "one of opened, clicked, responded",
+                )
+                .field(format!("assume.{k}")));
+            }
+        };
+        *slot = rate.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_value",
+                "a share between 0 and 1",
+            )
+            .field(format!("assume.{k}"))
+        })?;
+    }
+    Ok(r)
 }
 
 async fn run_sim(
@@ -337,6 +380,7 @@ async fn run_sim(
             contacts,
             everyone,
             limit: i.limit.unwrap_or(100_000).min(1_000_000),
+            responses: responses(&i.assume)?,
         },
     )
     .await?;
