@@ -116,7 +116,8 @@ pub enum Command {
     /// Create or update segments, scoring models and the handoff policy from JSON files (all
     /// checked first; nothing is written if one is invalid).
     Apply {
-        /// Definition files: one definition object or an array, each with a "kind".
+        /// Definition files: one definition object or an array, each with a "kind" (segment,
+        /// scoring_model, handoff_policy, program, email_template).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]
@@ -294,6 +295,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("{} is not valid JSON", f.display()))?;
                 docs.extend(kizuna_engine::apply::documents(&f.display().to_string(), v));
             }
+            // Templates first: programs of the same run may name them.
+            let templates = match crate::apply_templates::apply(&s, &mut docs).await? {
+                Ok(t) => t,
+                Err(errs) => {
+                    for e in errs {
+                        for v in e.errors.0 {
+                            eprintln!("{}: {}: {}", e.source, v.field, v.message);
+                        }
+                    }
+                    eprintln!("nothing was applied");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            for a in &templates {
+                let id = a.id.map(|i| format!(" ({i})")).unwrap_or_default();
+                println!("{} {} {:?}{id}", a.outcome, a.kind, a.name);
+            }
+            if docs.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
             match kizuna_engine::apply::apply(&s, &SystemClock, docs).await {
                 Ok(done) => {
                     for a in done {
@@ -308,7 +329,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             eprintln!("{}: {}: {}", e.source, v.field, v.message);
                         }
                     }
-                    eprintln!("nothing was applied");
+                    if templates.is_empty() {
+                        eprintln!("nothing was applied");
+                    } else {
+                        eprintln!("only the e-mail templates above were applied");
+                    }
                     Ok(ExitCode::FAILURE)
                 }
             }

@@ -1,5 +1,6 @@
 //! The `kizuna` command: the server and the operator's tools, in one binary.
 
+mod apply_templates;
 mod bench;
 mod bench_engine;
 mod bench_ingest;

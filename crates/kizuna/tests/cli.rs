@@ -493,3 +493,77 @@ fn tracked_events_reach_the_engine_in_the_running_server() {
         assert!(server.stop().success(), "{backend}");
     }
 }
+
+/// `kizuna apply` takes e-mail templates with the program that sends them (templates first, so
+/// the program can name them); a re-run changes nothing; a broken template applies nothing.
+#[test]
+fn apply_takes_email_templates_with_the_programs_that_send_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, store) in backends(dir.path()) {
+        let file = dir.path().join(format!("{backend}-nurture.json"));
+        let docs = serde_json::json!([
+            {"kind": "email_template", "name": "welcome-1", "subject": "{{ contact.last_name }}様、ようこそ",
+             "mjml": "<mjml><mj-body><mj-section><mj-column><mj-text>ご登録ありがとうございます</mj-text></mj-column></mj-section></mj-body></mjml>"},
+            {"kind": "program", "name": "Welcome from files", "triggers": [{"type": "api"}],
+             "steps": [{"id": "m1", "type": "send_email", "template": "welcome-1"}]}
+        ]);
+        std::fs::write(&file, docs.to_string()).unwrap();
+        let path = file.display().to_string();
+        let mut args = vec!["apply", path.as_str()];
+        args.extend(strs(&store));
+        let o = kizuna(dir.path(), &args);
+        assert!(o.status.success(), "{backend}: {}", stderr(&o));
+        let out = stdout(&o);
+        assert!(
+            out.contains("created email_template \"welcome-1\""),
+            "{backend}: {out}"
+        );
+        assert!(out.contains("program"), "{backend}: {out}");
+        let o = kizuna(dir.path(), &args);
+        assert!(o.status.success(), "{backend}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains("unchanged email_template \"welcome-1\""),
+            "{backend}: {}",
+            stdout(&o)
+        );
+
+        // A template that does not compile: named by document and part, nothing applied.
+        let bad = dir.path().join(format!("{backend}-bad.json"));
+        std::fs::write(
+            &bad,
+            serde_json::json!([
+                {"kind": "email_template", "name": "broken", "subject": "{{ contact.last_name", "html": "<p>x</p>"},
+                {"kind": "segment", "name": "Should not exist", "filter": {"consent": "email"}}
+            ])
+            .to_string(),
+        )
+        .unwrap();
+        let bad_path = bad.display().to_string();
+        let mut args = vec!["apply", bad_path.as_str()];
+        args.extend(strs(&store));
+        let o = kizuna(dir.path(), &args);
+        assert!(!o.status.success(), "{backend}: {}", stdout(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("-bad.json[0]: template:") && err.contains("nothing was applied"),
+            "{backend}: {err}"
+        );
+        let mut args = vec!["apply", bad_path.as_str()];
+        args.extend(strs(&store));
+        // A template type that does not exist is named by its field.
+        std::fs::write(
+            &bad,
+            serde_json::json!([
+                {"kind": "email_template", "name": "broken", "type": "newsletter", "subject": "s", "html": "<p>x</p>"}
+            ])
+            .to_string(),
+        )
+        .unwrap();
+        let o = kizuna(dir.path(), &args);
+        assert!(
+            stderr(&o).contains("-bad.json[0]: type: marketing or transactional"),
+            "{backend}: {}",
+            stderr(&o)
+        );
+    }
+}
