@@ -8,58 +8,19 @@ use kizuna_core::clock::ManualClock;
 use kizuna_delivery::{EmailService, EmailSettings, Worker, WorkerConfig};
 use kizuna_mail::dkim::DkimSigner;
 use kizuna_mail::smtp::{SmtpConfig, SmtpSender};
+use kizuna_store::Store;
 use kizuna_store::keys::Scope;
-use kizuna_store::{Store, StoreConfig};
 use kizuna_web::{AppState, WebConfig};
 use mail_parser::MessageParser;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 
-const PY: &str = "/usr/bin/python3";
+mod support;
 
-struct Peer(Child);
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_aiosmtpd(dir: &Path) -> (Peer, u16) {
-    let port = free_port();
-    let child = Command::new(PY)
-        .args([
-            "-m",
-            "aiosmtpd",
-            "-n",
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "-c",
-            "aiosmtpd.handlers.Mailbox",
-        ])
-        .arg(dir)
-        .spawn()
-        .expect("aiosmtpd: run scripts/test-peers");
-    let peer = Peer(child);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (peer, port);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("aiosmtpd did not start");
-}
+use support::{PY, maildir_messages, start_aiosmtpd, stores};
 
 fn rsa_key(dir: &Path) -> PathBuf {
     let key = dir.join("dkim.pem");
@@ -78,18 +39,6 @@ fn rsa_key(dir: &Path) -> PathBuf {
         .success();
     assert!(ok, "openssl genpkey");
     key
-}
-
-fn maildir_messages(dir: &Path) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for sub in ["new", "cur"] {
-        if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
-            for e in rd.flatten() {
-                out.push(std::fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    out
 }
 
 /// dkimpy's verdict on a message, with the DNS TXT record given.
@@ -121,32 +70,6 @@ struct Env {
     worker: Worker,
     backend: &'static str,
     _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn stores(dir: &Path) -> Vec<(&'static str, Store)> {
-    let mut v = vec![(
-        "sqlite",
-        Store::open(&StoreConfig {
-            data_dir: dir.join("db"),
-            ..Default::default()
-        })
-        .await
-        .unwrap(),
-    )];
-    if let Ok(url) = std::env::var("KIZUNA_TEST_DATABASE_URL") {
-        v.push((
-            "postgres",
-            Store::open(&StoreConfig {
-                database_url: Some(url),
-                pg_schema: Some(format!("t_{}", uuid::Uuid::now_v7().simple())),
-                max_connections: 4,
-                ..Default::default()
-            })
-            .await
-            .expect("PostgreSQL"),
-        ));
-    }
-    v
 }
 
 async fn env(

@@ -11,51 +11,16 @@ use kizuna_engine::program::{ProgramRunner, RunnerConfig};
 use kizuna_mail::smtp::{SmtpConfig, SmtpSender};
 use kizuna_store::events::NewEvent;
 use kizuna_store::keys::Scope;
-use kizuna_store::{Store, StoreConfig};
 use kizuna_web::{AppState, WebConfig};
 use mail_parser::MessageParser;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Child, Command};
 use std::sync::Arc;
 
-struct Peer(Child);
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod support;
 
-fn start_aiosmtpd(dir: &Path) -> (Peer, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("/usr/bin/python3")
-        .args([
-            "-m",
-            "aiosmtpd",
-            "-n",
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "-c",
-            "aiosmtpd.handlers.Mailbox",
-        ])
-        .arg(dir)
-        .spawn()
-        .expect("aiosmtpd: run scripts/test-peers");
-    let peer = Peer(child);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (peer, port);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("aiosmtpd did not start");
-}
+use support::{start_aiosmtpd, stores};
 
 fn subjects(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -69,32 +34,6 @@ fn subjects(dir: &Path) -> Vec<String> {
         }
     }
     out
-}
-
-async fn stores(dir: &Path) -> Vec<(&'static str, Store)> {
-    let mut v = vec![(
-        "sqlite",
-        Store::open(&StoreConfig {
-            data_dir: dir.join("db"),
-            ..Default::default()
-        })
-        .await
-        .unwrap(),
-    )];
-    if let Ok(url) = std::env::var("KIZUNA_TEST_DATABASE_URL") {
-        v.push((
-            "postgres",
-            Store::open(&StoreConfig {
-                database_url: Some(url),
-                pg_schema: Some(format!("t_{}", uuid::Uuid::now_v7().simple())),
-                max_connections: 4,
-                ..Default::default()
-            })
-            .await
-            .expect("PostgreSQL"),
-        ));
-    }
-    v
 }
 
 struct Api {

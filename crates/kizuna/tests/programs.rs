@@ -6,155 +6,15 @@
 use chrono::Utc;
 use kizuna_core::clock::{Clock, ManualClock};
 use kizuna_engine::program::{self, ProgramRunner, RunnerConfig};
-use kizuna_store::{Store, StoreConfig};
+use kizuna_store::Store;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_kizuna");
+mod support;
 
-/// Where a test's data lives, as `kizuna` flags and as a store config.
-struct Db {
-    name: &'static str,
-    dir: tempfile::TempDir,
-    pg: Option<(String, String)>,
-}
-
-#[allow(dead_code)]
-impl Db {
-    fn sqlite() -> Db {
-        Db {
-            name: "sqlite",
-            dir: tempfile::tempdir().unwrap(),
-            pg: None,
-        }
-    }
-
-    async fn all() -> Vec<Db> {
-        let mut out = vec![Db::sqlite()];
-        if let Ok(url) = std::env::var("KIZUNA_TEST_DATABASE_URL") {
-            let schema = format!("t_{}", Uuid::now_v7().simple());
-            // Creates the schema (and migrates it), so the binary can use it by search_path.
-            let db = Db {
-                name: "postgres",
-                dir: tempfile::tempdir().unwrap(),
-                pg: Some((url, schema)),
-            };
-            db.open().await.close().await;
-            out.push(db);
-        }
-        out
-    }
-
-    fn args(&self) -> Vec<String> {
-        match &self.pg {
-            None => vec!["--data-dir".into(), self.dir.path().display().to_string()],
-            Some((url, schema)) => {
-                let sep = if url.contains('?') { '&' } else { '?' };
-                vec![
-                    "--database-url".into(),
-                    format!("{url}{sep}options[search_path]={schema}"),
-                ]
-            }
-        }
-    }
-
-    async fn open(&self) -> Store {
-        Store::open(&match &self.pg {
-            None => StoreConfig {
-                data_dir: self.dir.path().to_path_buf(),
-                ..Default::default()
-            },
-            Some((url, schema)) => StoreConfig {
-                database_url: Some(url.clone()),
-                pg_schema: Some(schema.clone()),
-                max_connections: 2,
-                ..Default::default()
-            },
-        })
-        .await
-        .unwrap()
-    }
-
-    /// Runs a `kizuna` command on this store.
-    fn run(&self, args: &[&str]) -> Output {
-        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all.extend(self.args());
-        Command::new(BIN)
-            .args(&all)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
-    }
-
-    fn last_line(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-}
-
-/// A running `kizuna serve`, killed (SIGKILL) when dropped.
-#[allow(dead_code)]
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(db: &Db) -> Server {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(db.args())
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("listening on http://") {
-                    let rest = &line[i + "listening on ".len()..];
-                    let url: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                    let _ = tx.send(url);
-                }
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("kizuna serve did not start");
-        Server { child, base }
-    }
-
-    /// SIGKILL: no shutdown, no flush, nothing.
-    fn kill_9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{Db, Server};
 
 async fn runs(store: &Store, pid: Uuid, step: &str) -> i64 {
     program::report(store, pid).await.unwrap()["steps"]
