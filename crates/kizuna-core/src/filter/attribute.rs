@@ -333,7 +333,23 @@ impl<'a> AttrValue<'a> {
 
 /// Text as compared: NFKC (full-width → half-width), lower case, trimmed.
 pub fn fold(s: &str) -> String {
-    s.nfkc().collect::<String>().trim().to_lowercase()
+    folded(s).into_owned()
+}
+
+/// [`fold`] without allocating for text that is already folded ASCII (NFKC leaves ASCII as
+/// it is): the common case of event properties such as paths, ids and form names, compared on
+/// every event.
+pub fn folded(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.is_ascii() {
+        let t = s.trim();
+        if t.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(t.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(t)
+        }
+    } else {
+        std::borrow::Cow::Owned(s.nfkc().collect::<String>().trim().to_lowercase())
+    }
 }
 
 /// RFC 3339 or `YYYY-MM-DD` (midnight UTC) → microseconds.

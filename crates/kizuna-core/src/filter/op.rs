@@ -1,7 +1,7 @@
 //! Operators: how one value is tested, and when (by time alone) the answer could change.
 
 use super::Outcome;
-use super::attribute::{AttrValue, fold};
+use super::attribute::{AttrValue, fold, folded};
 use crate::span::Span;
 use serde::Serialize;
 
@@ -101,7 +101,7 @@ pub enum Op {
 fn eq(v: &AttrValue<'_>, o: &Operand) -> bool {
     match (v, o) {
         (AttrValue::Missing, _) => false,
-        (AttrValue::Text(s), Operand::Text(t)) => fold(s) == *t,
+        (AttrValue::Text(s), Operand::Text(t)) => folded(s) == *t,
         (AttrValue::Text(s), Operand::Number(n)) => s.trim().parse::<f64>().ok() == Some(*n),
         (AttrValue::Text(s), Operand::Bool(b)) => fold(s) == b.to_string(),
         (AttrValue::Number(a), Operand::Number(b)) => a == b,
@@ -117,8 +117,8 @@ fn eq(v: &AttrValue<'_>, o: &Operand) -> bool {
 
 fn text_test(v: &AttrValue<'_>, f: impl Fn(&str) -> bool) -> bool {
     match v {
-        AttrValue::Text(s) => f(&fold(s)),
-        AttrValue::Multi(items) => items.iter().any(|i| f(&fold(i))),
+        AttrValue::Text(s) => f(&folded(s)),
+        AttrValue::Multi(items) => items.iter().any(|i| f(&folded(i))),
         AttrValue::Number(n) => f(&n.to_string()),
         _ => false,
     }
@@ -145,11 +145,11 @@ impl Op {
             Op::In(os) => fixed(os.iter().any(|o| eq(v, o))),
             Op::NotIn(os) => fixed(!os.iter().any(|o| eq(v, o))),
             Op::Contains(s) => fixed(match v {
-                AttrValue::Multi(items) => items.iter().any(|i| fold(i) == *s),
+                AttrValue::Multi(items) => items.iter().any(|i| folded(i) == *s),
                 _ => text_test(v, |t| t.contains(s.as_str())),
             }),
             Op::NotContains(s) => fixed(!match v {
-                AttrValue::Multi(items) => items.iter().any(|i| fold(i) == *s),
+                AttrValue::Multi(items) => items.iter().any(|i| folded(i) == *s),
                 _ => text_test(v, |t| t.contains(s.as_str())),
             }),
             Op::StartsWith(s) => fixed(text_test(v, |t| t.starts_with(s.as_str()))),

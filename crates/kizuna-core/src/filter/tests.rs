@@ -408,3 +408,24 @@ fn fit_rules_take_attributes_only() {
         ("w.op", "invalid_operator")
     );
 }
+
+proptest::proptest! {
+    /// The allocation-free path gives what full NFKC folding gives, for any text.
+    #[test]
+    fn folded_equals_full_folding(s in "\\PC{0,24}|[ A-Za-z0-9/_.-]{0,24}") {
+        use unicode_normalization::UnicodeNormalization;
+        let full = s.nfkc().collect::<String>().trim().to_lowercase();
+        proptest::prop_assert_eq!(super::attribute::folded(&s).into_owned(), full);
+    }
+}
+
+#[test]
+fn folding_examples() {
+    use super::attribute::folded;
+    assert!(matches!(
+        folded("/pricing"),
+        std::borrow::Cow::Borrowed("/pricing")
+    ));
+    assert_eq!(folded("  /Pricing "), "/pricing");
+    assert_eq!(folded("ＰＲＩＣＩＮＧ"), "pricing");
+}
