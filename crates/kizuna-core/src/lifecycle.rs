@@ -120,6 +120,8 @@ pub struct HandoffPolicy {
     pub webhook_url: Option<String>,
     /// Secret for the signature.
     pub webhook_secret: Option<String>,
+    /// Also e-mail the owner (plain-text alert to the sales user's address).
+    pub email_owner: bool,
 }
 
 impl Default for HandoffPolicy {
@@ -131,6 +133,7 @@ impl Default for HandoffPolicy {
             task_due_in: Span::days(1),
             webhook_url: None,
             webhook_secret: None,
+            email_owner: false,
         }
     }
 }
@@ -146,6 +149,8 @@ struct PolicyDef {
     task: Option<TaskDef>,
     #[serde(default)]
     webhook: Option<WebhookDef>,
+    #[serde(default)]
+    email_owner: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,7 +198,10 @@ pub fn compile_policy(
         ValidationErrors::from(ValidationError::new(field, "invalid_value", inner))
     })?;
     let mut errs = ValidationErrors::default();
-    let mut p = HandoffPolicy::default();
+    let mut p = HandoffPolicy {
+        email_owner: d.email_owner,
+        ..HandoffPolicy::default()
+    };
     for (i, r) in d.rules.iter().enumerate() {
         let when =
             crate::filter::compile_attributes(&r.when, resolver, &format!("rules[{i}].when"));

@@ -1,4 +1,4 @@
-//! Owner notifications: signed outbound webhooks, delivered at least once.
+//! Owner notifications: signed outbound webhooks and e-mail alerts, delivered at least once.
 //!
 //! Each notification is posted as JSON with these headers:
 //! - `X-Kizuna-Event: handoff.created`
@@ -8,6 +8,10 @@
 //!
 //! 2xx is delivered; 408, 429, 5xx and network errors are retried with backoff (10 s, 1 min,
 //! 5 min, 30 min, 2 h, 6 h, 12 h, 24 h), then marked failed; any other 4xx fails at once.
+//!
+//! A `mailto:` notification is a plain-text alert to the owner, handed to an [`OwnerMail`]
+//! (the binary gives one when SMTP is configured): the same retries; a permanent refusal
+//! fails at once.
 
 use crate::definitions::POLICY_SETTING;
 use hmac::{Hmac, Mac};
@@ -50,12 +54,135 @@ pub fn verify(secret: &str, header: &str, body: &str, now: i64, tolerance: i64) 
     mac.verify_slice(&sig).is_ok()
 }
 
+/// Why an alert was not sent: the reason, and whether to try again later.
+pub type MailFailure = (String, bool);
+
+/// Sends owner alerts by e-mail.
+pub trait OwnerMail: Send + Sync {
+    /// Sends a plain-text alert.
+    fn send<'a>(
+        &'a self,
+        to: &'a str,
+        subject: &'a str,
+        text: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), MailFailure>> + Send + 'a>>;
+}
+
 /// Delivers owner notifications.
 #[derive(Clone)]
 pub struct Notifier {
     store: Store,
     clock: SharedClock,
     http: reqwest::Client,
+    mail: Option<std::sync::Arc<dyn OwnerMail>>,
+}
+
+/// Subject and text of the owner's e-mail alert, from the notification's JSON body (the same
+/// context the webhook carries: who, which company, the score and its rules, recent activity).
+pub fn alert_text(body: &serde_json::Value) -> (String, String) {
+    use std::fmt::Write;
+    let c = &body["contact"];
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let name = format!("{} {}", s(&c["last_name"]), s(&c["first_name"]))
+        .trim()
+        .to_string();
+    let name = if name.is_empty() {
+        s(&c["email"])
+    } else {
+        name
+    };
+    let company = s(&c["company"]["name"]);
+    let h = &body["handoff"];
+    let score = h["score"]
+        .as_f64()
+        .map(|x| format!("{x}"))
+        .unwrap_or_default();
+    let subject = format!(
+        "[Kizuna] MQL: {name}{}{}",
+        if company.is_empty() {
+            String::new()
+        } else {
+            format!(" ({company})")
+        },
+        if score.is_empty() {
+            String::new()
+        } else {
+            format!(" — score {score}")
+        }
+    );
+    let mut t = String::new();
+    let _ = writeln!(t, "A lead was handed to you.\n");
+    let _ = writeln!(t, "Name:       {name}");
+    let _ = writeln!(t, "E-mail:     {}", s(&c["email"]));
+    if !s(&c["phone"]).is_empty() {
+        let _ = writeln!(t, "Phone:      {}", s(&c["phone"]));
+    }
+    if !company.is_empty() {
+        let _ = writeln!(
+            t,
+            "Company:    {company} ({}, {} employees)",
+            s(&c["company"]["industry"]),
+            c["company"]["employee_count"]
+        );
+    }
+    if !s(&c["job_title"]).is_empty() {
+        let _ = writeln!(t, "Title:      {}", s(&c["job_title"]));
+    }
+    let _ = writeln!(
+        t,
+        "Score:      {score} (grade {})",
+        h["grade"].as_str().unwrap_or("-")
+    );
+    if let Some(d) = h["task_due_at"].as_str() {
+        let _ = writeln!(t, "Follow up:  by {d}");
+    }
+    for b in body["score_breakdown"].as_array().into_iter().flatten() {
+        let _ = writeln!(t, "\nWhy ({}):", s(&b["model"]));
+        let label = |r: &serde_json::Value| {
+            Some(s(&r["label"]))
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| s(&r["rule"]))
+        };
+        for r in b["rules"].as_array().into_iter().flatten() {
+            if r["points"].as_f64().unwrap_or(0.0) != 0.0 {
+                let _ = writeln!(
+                    t,
+                    "  {:>6}  {} ({} events)",
+                    r["points"],
+                    label(r),
+                    r["events"]
+                );
+            }
+        }
+        for r in b["fit_rules"].as_array().into_iter().flatten() {
+            if r["matched"].as_bool() == Some(true) {
+                let _ = writeln!(t, "  {:>6}  {} (fit)", r["points"], label(r));
+            }
+        }
+    }
+    let recent = body["recent_activity"].as_array();
+    if recent.is_some_and(|r| !r.is_empty()) {
+        let _ = writeln!(t, "\nRecent activity:");
+        for e in recent.into_iter().flatten().take(10) {
+            let _ = writeln!(
+                t,
+                "  {}  {}  {}",
+                s(&e["occurred_at"]),
+                s(&e["type"]),
+                e["properties"]
+                    .get("path")
+                    .or_else(|| e["properties"].get("form"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        "\nAccept or reject: POST /api/v1/contacts/{}/handoff/accept | reject",
+        s(&c["id"])
+    );
+    (subject, t)
 }
 
 impl Notifier {
@@ -66,7 +193,30 @@ impl Notifier {
             .user_agent(concat!("kizuna/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("HTTP client");
-        Notifier { store, clock, http }
+        Notifier {
+            store,
+            clock,
+            http,
+            mail: None,
+        }
+    }
+
+    /// Sends `mailto:` notifications (owner e-mail alerts) through `mail`.
+    pub fn with_mail(mut self, mail: std::sync::Arc<dyn OwnerMail>) -> Notifier {
+        self.mail = Some(mail);
+        self
+    }
+
+    async fn send_mail(&self, to: &str, body: &str) -> Result<(), MailFailure> {
+        let Some(m) = &self.mail else {
+            return Err((
+                "e-mail delivery is off (KIZUNA_SMTP_HOST is not set)".into(),
+                true,
+            ));
+        };
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let (subject, text) = alert_text(&v);
+        m.send(to, &subject, &text).await
     }
 
     async fn secret(&self) -> Option<String> {
@@ -88,6 +238,11 @@ impl Notifier {
         }
         let secret = self.secret().await;
         for n in &due {
+            if let Some(to) = n.url.strip_prefix("mailto:") {
+                let outcome = self.send_mail(to, &n.body).await;
+                self.record(n, outcome, now).await?;
+                continue;
+            }
             let mut req = self
                 .http
                 .post(&n.url)
@@ -113,6 +268,18 @@ impl Notifier {
                 }
                 Err(e) => Err((format!("{e}"), true)),
             };
+            self.record(n, outcome, now).await?;
+        }
+        Ok(due.len())
+    }
+
+    async fn record(
+        &self,
+        n: &kizuna_store::sales::Notification,
+        outcome: Result<(), MailFailure>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), kizuna_store::StoreError> {
+        {
             let attempt = n.attempts as usize;
             let result = match outcome {
                 Ok(()) => Ok(()),
@@ -128,7 +295,7 @@ impl Notifier {
                 .record_delivery(n.id, result, micros(self.clock.now()))
                 .await?;
         }
-        Ok(due.len())
+        Ok(())
     }
 
     /// Delivers until `shutdown` resolves, polling every `poll` and at once when `wake` is

@@ -581,7 +581,7 @@ impl Engine {
                 continue;
             }
             sales::write_prepared(&mut tx, &p).await?;
-            queued |= p.notification.is_some();
+            queued |= !p.notifications.is_empty();
             applied.push((p.key.clone(), p.handoff.contact_id));
             events.push(p.event);
         }

@@ -29,8 +29,8 @@ pub struct Prepared {
     pub handoff: Handoff,
     /// Its follow-up task.
     pub task: Task,
-    /// The owner notification, if a webhook is configured.
-    pub notification: Option<Notification>,
+    /// Owner notifications: the webhook (if configured) and the e-mail alert (if asked for).
+    pub notifications: Vec<Notification>,
     /// `handoff.created`.
     pub event: NewEvent,
     /// The stage change it depends on.
@@ -102,9 +102,10 @@ pub async fn prepare(
                "score": d.score, "grade": d.grade, "assigned_by": d.assigned_by}),
     );
     event.message_id = Some(d.key.clone());
-    let notification = match &defs.policy.webhook_url {
-        None => None,
-        Some(url) => {
+    let wanted = defs.policy.webhook_url.is_some() || defs.policy.email_owner;
+    let mut notifications = Vec::new();
+    if wanted {
+        {
             let log = store.contact_log(c.id, upto).await?;
             let models: Vec<&kizuna_core::scoring::ScoringModel> = match d.model {
                 Some(m) => defs.model(m).into_iter().collect(),
@@ -132,14 +133,13 @@ pub async fn prepare(
                            "source": e.source, "properties": e.properties})
                 })
                 .collect();
-            let owner = match d.owner {
-                Some(o) => store
-                    .user(o)
-                    .await
-                    .ok()
-                    .map(|u| json!({"id": u.id, "name": u.name, "email": u.email, "territory": u.territory})),
+            let owner_user = match d.owner {
+                Some(o) => store.user(o).await.ok(),
                 None => None,
             };
+            let owner = owner_user.as_ref().map(
+                |u| json!({"id": u.id, "name": u.name, "email": u.email, "territory": u.territory}),
+            );
             let body = json!({
                 "type": "handoff.created",
                 "delivery_id": handoff_id,
@@ -158,25 +158,35 @@ pub async fn prepare(
                 "score_breakdown": breakdown,
                 "recent_activity": recent,
             });
-            Some(Notification {
-                id: handoff_id,
+            let note = |id: Uuid, url: String| Notification {
+                id,
                 contact_id: c.id,
                 kind: "handoff".into(),
-                url: url.clone(),
+                url,
                 body: body.to_string(),
                 status: "pending".into(),
                 attempts: 0,
                 next_attempt_at: now,
                 last_error: None,
                 created_at: now,
-            })
+            };
+            if let Some(url) = &defs.policy.webhook_url {
+                notifications.push(note(handoff_id, url.clone()));
+            }
+            // The owner's e-mail alert: its own delivery, retried like the webhook (written
+            // with the handoff, so it exists exactly when the handoff does).
+            if defs.policy.email_owner
+                && let Some(u) = owner_user.as_ref().filter(|u| !u.email.is_empty())
+            {
+                notifications.push(note(Uuid::now_v7(), format!("mailto:{}", u.email)));
+            }
         }
-    };
+    }
     Ok(Prepared {
         key: d.key,
         handoff,
         task,
-        notification,
+        notifications,
         event,
         requires_stage: d.requires_stage,
     })
@@ -186,7 +196,7 @@ pub async fn prepare(
 pub async fn write_prepared(tx: &mut Tx, p: &Prepared) -> Result<(), EngineError> {
     kizuna_store::sales::insert_task(tx, &p.task).await?;
     kizuna_store::sales::insert_handoff(tx, &p.handoff, &p.key).await?;
-    if let Some(n) = &p.notification {
+    for n in &p.notifications {
         kizuna_store::sales::enqueue_notification(tx, n).await?;
     }
     Ok(())

@@ -512,6 +512,31 @@ pub fn check_address(address: &str) -> Result<(), MailError> {
     Ok(())
 }
 
+/// A plain-text internal message (an alert to a sales rep, not marketing mail: no footer,
+/// no tracking, no unsubscribe): RFC 5322 bytes with encoded headers and a base64 UTF-8 body.
+pub fn internal_message(
+    from: (&str, &str),
+    to: &str,
+    subject: &str,
+    text: &str,
+    message_id: &str,
+    date: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<u8>, MailError> {
+    let mut h = String::with_capacity(text.len() * 2 + 512);
+    push_header(&mut h, "From", &mailbox(Some(from.0), from.1, 6)?);
+    push_header(&mut h, "To", &mailbox(None, to, 4)?);
+    push_header(&mut h, "Subject", &encode_unstructured(subject, 9));
+    push_header(&mut h, "Date", &date.to_rfc2822());
+    push_header(&mut h, "Message-ID", &format!("<{message_id}>"));
+    push_header(&mut h, "Auto-Submitted", "auto-generated");
+    push_header(&mut h, "MIME-Version", "1.0");
+    push_header(&mut h, "Content-Type", "text/plain; charset=utf-8");
+    push_header(&mut h, "Content-Transfer-Encoding", "base64");
+    h.push_str("\r\n");
+    push_base64_lines(&mut h, text.replace('\n', "\r\n").as_bytes());
+    Ok(h.into_bytes())
+}
+
 fn push_header(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
     out.push_str(": ");

@@ -156,22 +156,7 @@ pub async fn build(
         );
         return Ok((svc, None));
     };
-    let mut smtp = SmtpConfig::new(host, cfg.smtp_port.unwrap_or(25));
-    smtp.tls = match cfg.smtp_tls.as_deref().unwrap_or("none") {
-        "none" => TlsMode::None,
-        "starttls" => TlsMode::StartTls,
-        "tls" | "implicit" => TlsMode::Implicit,
-        other => anyhow::bail!("KIZUNA_SMTP_TLS must be none, starttls or tls, not {other:?}"),
-    };
-    if let Some(u) = &cfg.smtp_username {
-        smtp.credentials = Some(SmtpCredentials {
-            username: u.clone(),
-            password: cfg.smtp_password.clone().unwrap_or_default(),
-        });
-    }
-    if let Some(h) = &cfg.smtp_helo {
-        smtp.hello_name = h.clone();
-    }
+    let mut smtp = smtp_config(cfg, host)?;
     smtp.max_connections = cfg.smtp_connections.unwrap_or(8);
     let sender = SmtpSender::new(smtp).context("SMTP settings")?;
     let limits = RateLimits {
@@ -198,6 +183,97 @@ pub async fn build(
     };
     tracing::info!(host = %host, node = %wcfg.node_id, "email delivery on");
     Ok((svc.clone(), Some(Worker::new(svc, sender, limiter, wcfg))))
+}
+
+fn smtp_config(cfg: &MailConfig, host: &str) -> anyhow::Result<SmtpConfig> {
+    let mut smtp = SmtpConfig::new(host, cfg.smtp_port.unwrap_or(25));
+    smtp.tls = match cfg.smtp_tls.as_deref().unwrap_or("none") {
+        "none" => TlsMode::None,
+        "starttls" => TlsMode::StartTls,
+        "tls" | "implicit" => TlsMode::Implicit,
+        other => anyhow::bail!("KIZUNA_SMTP_TLS must be none, starttls or tls, not {other:?}"),
+    };
+    if let Some(u) = &cfg.smtp_username {
+        smtp.credentials = Some(SmtpCredentials {
+            username: u.clone(),
+            password: cfg.smtp_password.clone().unwrap_or_default(),
+        });
+    }
+    if let Some(h) = &cfg.smtp_helo {
+        smtp.hello_name = h.clone();
+    }
+    Ok(smtp)
+}
+
+/// Owner alerts (handoffs) by e-mail through the configured SMTP server, from the first
+/// sender identity. `None` when no SMTP host is configured.
+pub fn owner_mail(
+    cfg: &MailConfig,
+    store: &Store,
+) -> anyhow::Result<Option<Arc<dyn kizuna_engine::notify::OwnerMail>>> {
+    let Some(host) = &cfg.smtp_host else {
+        return Ok(None);
+    };
+    let mut smtp = smtp_config(cfg, host)?;
+    smtp.max_connections = 1;
+    let sender = SmtpSender::new(smtp).context("SMTP settings")?;
+    Ok(Some(Arc::new(SmtpOwnerMail {
+        sender,
+        store: store.clone(),
+    })))
+}
+
+struct SmtpOwnerMail {
+    sender: SmtpSender,
+    store: Store,
+}
+
+impl kizuna_engine::notify::OwnerMail for SmtpOwnerMail {
+    fn send<'a>(
+        &'a self,
+        to: &'a str,
+        subject: &'a str,
+        text: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<(), kizuna_engine::notify::MailFailure>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            let from = match self.store.senders().await {
+                Ok(s) => s.into_iter().next(),
+                Err(e) => return Err((e.to_string(), true)),
+            };
+            let Some(from) = from else {
+                return Err((
+                    "no sender identity to send owner alerts from (POST /api/v1/senders)".into(),
+                    true,
+                ));
+            };
+            let domain = from.email.rsplit('@').next().unwrap_or("localhost");
+            let id = format!("alert-{}@{domain}", uuid::Uuid::now_v7().simple());
+            let raw = kizuna_mail::compose::internal_message(
+                (&from.name, &from.email),
+                to,
+                subject,
+                text,
+                &id,
+                chrono::Utc::now(),
+            )
+            .map_err(|e| (e.to_string(), false))?;
+            let envelope = kizuna_mail::compose::Envelope {
+                from: from.email.clone(),
+                to: vec![to.to_string()],
+            };
+            match self.sender.send(&envelope, &raw).await {
+                kizuna_mail::smtp::SendOutcome::Sent { .. } => Ok(()),
+                kizuna_mail::smtp::SendOutcome::TemporaryFailure { text, .. } => Err((text, true)),
+                other => Err((format!("{other:?}"), false)),
+            }
+        })
+    }
 }
 
 /// A node name kept in the data directory (so a restarted node recovers its own leases at

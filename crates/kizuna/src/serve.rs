@@ -126,7 +126,10 @@ pub async fn run(
     );
     programs.set_mail_wake(email_wake).await;
     let programs_task = programs.spawn(until_stopped(stopping.clone()));
-    let notifier = kizuna_engine::notify::Notifier::new(store.clone(), clock.clone());
+    let mut notifier = kizuna_engine::notify::Notifier::new(store.clone(), clock.clone());
+    if let Some(m) = crate::mail::owner_mail(&mail_cfg, &store)? {
+        notifier = notifier.with_mail(m);
+    }
     let wake = engine.notifications_queued();
     let stop_notes = until_stopped(stopping.clone());
     let notifier_task = tokio::spawn(async move {

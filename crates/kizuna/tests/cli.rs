@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kizuna");
+mod support;
+
+use support::BIN;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures");
 
 fn kizuna(dir: &Path, args: &[&str]) -> Output {
@@ -47,10 +49,15 @@ struct Served {
 
 impl Served {
     fn start(dir: &Path, extra: &[&str]) -> Served {
+        Served::start_with(dir, extra, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Served {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let mut child = Command::new(BIN)
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .current_dir(dir)
             .env_remove("KIZUNA_DATABASE_URL")
             .env_remove("KIZUNA_DATA_DIR")
@@ -565,5 +572,119 @@ fn apply_takes_email_templates_with_the_programs_that_send_them() {
             "{backend}: {}",
             stderr(&o)
         );
+    }
+}
+
+/// On MQL, the owner gets an e-mail alert (policy `email_owner`) through the configured SMTP
+/// server — a real aiosmtpd — with the context a rep needs: who, which company, the score and
+/// the rules behind it.
+#[test]
+fn the_owner_gets_an_email_alert_with_the_context_of_the_handoff() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, store) in backends(dir.path()) {
+        let maildir = dir.path().join(format!("{backend}-maildir"));
+        let smtp = support::Smtp::start(&maildir);
+        let mut args = vec!["api-key", "create", "--name", "ci", "--scope", "admin"];
+        args.extend(strs(&store));
+        let key = last_line(&kizuna(dir.path(), &args));
+        let server = Served::start_with(
+            dir.path(),
+            &strs(&store),
+            &[
+                ("KIZUNA_SMTP_HOST", "127.0.0.1".to_string()),
+                ("KIZUNA_SMTP_PORT", smtp.port.to_string()),
+            ],
+        );
+        let bearer = ("bearer", Some(key.as_str()));
+        for (path, body) in [
+            (
+                "/api/v1/users",
+                serde_json::json!({"email": "rep@kizuna.example.jp", "name": "営業 一郎"}),
+            ),
+            (
+                "/api/v1/senders",
+                serde_json::json!({"name": "Kizuna", "email": "alerts@kizuna.example.jp",
+                "organization": "株式会社キズナ", "postal_address": "東京都千代田区1-1"}),
+            ),
+            (
+                "/api/v1/scoring-models",
+                serde_json::json!({"name": "quick", "lifecycle": true, "behaviour": [
+                {"id": "form", "label": "Contact form", "event": "form.submitted", "points": 30}],
+                "mql": {"score": 20}}),
+            ),
+        ] {
+            let (st, b) = send("POST", &server.url(path), bearer, body);
+            assert_eq!(st, 201, "{backend}: {path}: {b}");
+        }
+        let (st, b) = send(
+            "PUT",
+            &server.url("/api/v1/handoff-policy"),
+            bearer,
+            serde_json::json!({"round_robin": ["rep@kizuna.example.jp"], "email_owner": true}),
+        );
+        assert!(st == 200 || st == 204, "{backend}: {st} {b}");
+        let (st, co) = send(
+            "POST",
+            &server.url("/api/v1/companies"),
+            bearer,
+            serde_json::json!({"name": "山田製作所"}),
+        );
+        assert_eq!(st, 201, "{backend}: {co}");
+        let (st, b) = send(
+            "POST",
+            &server.url("/api/v1/contacts"),
+            bearer,
+            serde_json::json!({"email": "buyer@yamada.example.jp", "last_name": "山田", "first_name": "花子",
+                "company_id": co["id"]}),
+        );
+        assert_eq!(st, 201, "{backend}: {b}");
+        let (st, b) = send(
+            "POST",
+            &server.url("/api/v1/events"),
+            bearer,
+            serde_json::json!({"events": [{"email": "buyer@yamada.example.jp", "type": "form.submitted",
+                "occurred_at": chrono::Utc::now().to_rfc3339(), "properties": {"form": "contact"}}]}),
+        );
+        assert!(st == 200 || st == 201, "{backend}: {b}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let raw = loop {
+            if let Some(m) = support::Smtp::messages(&maildir).into_iter().next() {
+                break m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{backend}: no alert arrived; server log:\n{}",
+                server.log.join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let m = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let to = m
+            .to()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(to, "rep@kizuna.example.jp", "{backend}");
+        let subject = m.subject().unwrap_or_default().to_string();
+        assert!(
+            subject.contains("山田 花子") && subject.contains("山田製作所"),
+            "{backend}: {subject}"
+        );
+        let text = m.body_text(0).unwrap_or_default().to_string();
+        assert!(
+            text.contains("buyer@yamada.example.jp"),
+            "{backend}: {text}"
+        );
+        assert!(
+            text.contains("Contact form"),
+            "{backend}: the rule behind the score: {text}"
+        );
+        assert!(
+            text.contains("form.submitted"),
+            "{backend}: recent activity: {text}"
+        );
+        assert!(server.stop().success(), "{backend}");
+        drop(smtp);
     }
 }
