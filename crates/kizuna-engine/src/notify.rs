@@ -273,29 +273,27 @@ impl Notifier {
         Ok(due.len())
     }
 
+    /// Records an attempt: delivered, retried later (backoff), or failed for good.
     async fn record(
         &self,
         n: &kizuna_store::sales::Notification,
         outcome: Result<(), MailFailure>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), kizuna_store::StoreError> {
-        {
-            let attempt = n.attempts as usize;
-            let result = match outcome {
-                Ok(()) => Ok(()),
-                Err((e, true)) if attempt < BACKOFF_SECONDS.len() => {
-                    Err((e, Some(micros(now) + BACKOFF_SECONDS[attempt] * 1_000_000)))
-                }
-                Err((e, _)) => {
-                    tracing::warn!(notification = %n.id, error = %e, "owner notification failed for good");
-                    Err((e, None))
-                }
-            };
-            self.store
-                .record_delivery(n.id, result, micros(self.clock.now()))
-                .await?;
-        }
-        Ok(())
+        let attempt = n.attempts as usize;
+        let result = match outcome {
+            Ok(()) => Ok(()),
+            Err((e, true)) if attempt < BACKOFF_SECONDS.len() => {
+                Err((e, Some(micros(now) + BACKOFF_SECONDS[attempt] * 1_000_000)))
+            }
+            Err((e, _)) => {
+                tracing::warn!(notification = %n.id, error = %e, "owner notification failed for good");
+                Err((e, None))
+            }
+        };
+        self.store
+            .record_delivery(n.id, result, micros(self.clock.now()))
+            .await
     }
 
     /// Delivers until `shutdown` resolves, polling every `poll` and at once when `wake` is

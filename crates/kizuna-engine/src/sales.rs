@@ -102,84 +102,81 @@ pub async fn prepare(
                "score": d.score, "grade": d.grade, "assigned_by": d.assigned_by}),
     );
     event.message_id = Some(d.key.clone());
-    let wanted = defs.policy.webhook_url.is_some() || defs.policy.email_owner;
     let mut notifications = Vec::new();
-    if wanted {
-        {
-            let log = store.contact_log(c.id, upto).await?;
-            let models: Vec<&kizuna_core::scoring::ScoringModel> = match d.model {
-                Some(m) => defs.model(m).into_iter().collect(),
-                None => defs
-                    .models
-                    .iter()
-                    .filter(|m| m.model.lifecycle)
-                    .map(|m| &m.model)
-                    .collect(),
-            };
-            let breakdown: Vec<Value> = models
+    if defs.policy.webhook_url.is_some() || defs.policy.email_owner {
+        let log = store.contact_log(c.id, upto).await?;
+        let models: Vec<&kizuna_core::scoring::ScoringModel> = match d.model {
+            Some(m) => defs.model(m).into_iter().collect(),
+            None => defs
+                .models
                 .iter()
-                .map(|m| {
-                    let (e, _) = explain::explain_with(m, &log, c, cs.company.as_ref(), now);
-                    serde_json::to_value(e).unwrap_or(Value::Null)
-                })
-                .collect();
-            let recent: Vec<Value> = log
-                .iter()
-                .rev()
-                .filter(|e| e.source != ENGINE_SOURCE)
-                .take(RECENT)
-                .map(|e| {
-                    json!({"type": e.event_type, "occurred_at": from_micros(e.occurred_at),
+                .filter(|m| m.model.lifecycle)
+                .map(|m| &m.model)
+                .collect(),
+        };
+        let breakdown: Vec<Value> = models
+            .iter()
+            .map(|m| {
+                let (e, _) = explain::explain_with(m, &log, c, cs.company.as_ref(), now);
+                serde_json::to_value(e).unwrap_or(Value::Null)
+            })
+            .collect();
+        let recent: Vec<Value> = log
+            .iter()
+            .rev()
+            .filter(|e| e.source != ENGINE_SOURCE)
+            .take(RECENT)
+            .map(|e| {
+                json!({"type": e.event_type, "occurred_at": from_micros(e.occurred_at),
                            "source": e.source, "properties": e.properties})
-                })
-                .collect();
-            let owner_user = match d.owner {
-                Some(o) => store.user(o).await.ok(),
-                None => None,
-            };
-            let owner = owner_user.as_ref().map(
-                |u| json!({"id": u.id, "name": u.name, "email": u.email, "territory": u.territory}),
-            );
-            let body = json!({
-                "type": "handoff.created",
-                "delivery_id": handoff_id,
-                "occurred_at": at,
-                "handoff": {"id": handoff_id, "status": "pending", "assigned_by": d.assigned_by,
-                            "score": d.score, "grade": d.grade, "task_id": task_id, "task_due_at": task.due_at},
-                "owner": owner,
-                "contact": {
-                    "id": c.id, "email": c.email, "first_name": c.first_name, "last_name": c.last_name,
-                    "phone": c.phone, "job_title": c.job_title, "department": c.department,
-                    "lifecycle_stage": c.lifecycle_stage, "temperature": c.temperature,
-                    "source": c.source,
-                    "company": cs.company.as_ref().map(|co| json!({"id": co.id, "name": co.name,
-                        "industry": co.industry, "employee_count": co.employee_count, "domain": co.domain})),
-                },
-                "score_breakdown": breakdown,
-                "recent_activity": recent,
-            });
-            let note = |id: Uuid, url: String| Notification {
-                id,
-                contact_id: c.id,
-                kind: "handoff".into(),
-                url,
-                body: body.to_string(),
-                status: "pending".into(),
-                attempts: 0,
-                next_attempt_at: now,
-                last_error: None,
-                created_at: now,
-            };
-            if let Some(url) = &defs.policy.webhook_url {
-                notifications.push(note(handoff_id, url.clone()));
-            }
-            // The owner's e-mail alert: its own delivery, retried like the webhook (written
-            // with the handoff, so it exists exactly when the handoff does).
-            if defs.policy.email_owner
-                && let Some(u) = owner_user.as_ref().filter(|u| !u.email.is_empty())
-            {
-                notifications.push(note(Uuid::now_v7(), format!("mailto:{}", u.email)));
-            }
+            })
+            .collect();
+        let owner_user = match d.owner {
+            Some(o) => store.user(o).await.ok(),
+            None => None,
+        };
+        let owner = owner_user.as_ref().map(
+            |u| json!({"id": u.id, "name": u.name, "email": u.email, "territory": u.territory}),
+        );
+        let body = json!({
+            "type": "handoff.created",
+            "delivery_id": handoff_id,
+            "occurred_at": at,
+            "handoff": {"id": handoff_id, "status": "pending", "assigned_by": d.assigned_by,
+                        "score": d.score, "grade": d.grade, "task_id": task_id, "task_due_at": task.due_at},
+            "owner": owner,
+            "contact": {
+                "id": c.id, "email": c.email, "first_name": c.first_name, "last_name": c.last_name,
+                "phone": c.phone, "job_title": c.job_title, "department": c.department,
+                "lifecycle_stage": c.lifecycle_stage, "temperature": c.temperature,
+                "source": c.source,
+                "company": cs.company.as_ref().map(|co| json!({"id": co.id, "name": co.name,
+                    "industry": co.industry, "employee_count": co.employee_count, "domain": co.domain})),
+            },
+            "score_breakdown": breakdown,
+            "recent_activity": recent,
+        });
+        let note = |id: Uuid, url: String| Notification {
+            id,
+            contact_id: c.id,
+            kind: "handoff".into(),
+            url,
+            body: body.to_string(),
+            status: "pending".into(),
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+            created_at: now,
+        };
+        if let Some(url) = &defs.policy.webhook_url {
+            notifications.push(note(handoff_id, url.clone()));
+        }
+        // The owner's e-mail alert: its own delivery, retried like the webhook (written
+        // with the handoff, so it exists exactly when the handoff does).
+        if defs.policy.email_owner
+            && let Some(u) = owner_user.as_ref().filter(|u| !u.email.is_empty())
+        {
+            notifications.push(note(Uuid::now_v7(), format!("mailto:{}", u.email)));
         }
     }
     Ok(Prepared {

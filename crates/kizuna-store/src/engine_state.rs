@@ -231,19 +231,6 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
-    /// Every contact with a state for a feature, with the state.
-    pub async fn feature_holders(&self, key: &str) -> Result<Vec<(Uuid, String)>, StoreError> {
-        let rows: Vec<FeatureDb> = self
-            .db()
-            .reader()
-            .fetch_all(
-                "SELECT contact_id, feature, state FROM engine_features WHERE feature = $1",
-                args![key],
-            )
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.contact_id, r.state)).collect())
-    }
-
     /// The feature keys that have any state.
     pub async fn stored_feature_keys(&self) -> Result<Vec<String>, StoreError> {
         let rows: Vec<One<String>> = self

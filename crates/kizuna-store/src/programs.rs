@@ -763,6 +763,22 @@ pub async fn insert_enrollments(tx: &mut Tx, rows: &[Enrollment]) -> Result<(), 
     Ok(())
 }
 
+/// An enrollment's id and changed state, in the order both update statements bind them.
+fn state_args(e: &Enrollment) -> Vec<Val> {
+    args![
+        e.id,
+        e.version,
+        e.status.as_str(),
+        e.step_id.clone(),
+        e.seq,
+        e.waiting,
+        e.due_at,
+        e.goal.clone(),
+        e.exit_reason.clone(),
+        e.ended_at
+    ]
+}
+
 /// Writes enrollments' changed state (status, step, seq, waiting, due, goal, exit, ended).
 pub async fn update_enrollments(tx: &mut Tx, rows: &[Enrollment]) -> Result<(), StoreError> {
     if rows.is_empty() {
@@ -772,21 +788,11 @@ pub async fn update_enrollments(tx: &mut Tx, rows: &[Enrollment]) -> Result<(), 
         // SQLite plans UPDATE … FROM (VALUES …) as a scan of the whole table per chunk: one
         // keyed statement per row (prepared once, cached) is linear.
         for e in rows {
+            let mut a = state_args(e);
+            a.push(Val::from(e.updated_at));
             tx.execute(
                 "UPDATE program_enrollments SET version = $2, status = $3, step_id = $4, seq = $5, waiting = $6, due_at = $7, goal = $8, exit_reason = $9, ended_at = $10, updated_at = $11 WHERE id = $1",
-                args![
-                    e.id,
-                    e.version,
-                    e.status.as_str(),
-                    e.step_id.clone(),
-                    e.seq,
-                    e.waiting,
-                    e.due_at,
-                    e.goal.clone(),
-                    e.exit_reason.clone(),
-                    e.ended_at,
-                    e.updated_at
-                ],
+                a,
             )
             .await?;
         }
@@ -796,47 +802,23 @@ pub async fn update_enrollments(tx: &mut Tx, rows: &[Enrollment]) -> Result<(), 
     for chunk in rows.chunks(400) {
         let mut vals = String::new();
         let mut a: Vec<Val> = Vec::with_capacity(chunk.len() * 10);
-        let pg = tx.dialect() == crate::db::Dialect::Postgres;
         for (i, e) in chunk.iter().enumerate() {
             if i > 0 {
                 vals.push(',');
             }
             let b = a.len();
-            if pg {
-                vals.push_str(&format!(
-                    "(${}::uuid,${}::bigint,${}::text,${}::text,${}::bigint,${}::bigint,${}::bigint,${}::text,${}::text,${}::bigint)",
-                    b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10
-                ));
-            } else {
-                vals.push('(');
-                vals.push_str(&placeholders(b + 1, 10));
-                vals.push(')');
-            }
-            a.extend(args![
-                e.id,
-                e.version,
-                e.status.as_str(),
-                e.step_id.clone(),
-                e.seq,
-                e.waiting,
-                e.due_at,
-                e.goal.clone(),
-                e.exit_reason.clone(),
-                e.ended_at
-            ]);
+            vals.push_str(&format!(
+                "(${}::uuid,${}::bigint,${}::text,${}::text,${}::bigint,${}::bigint,${}::bigint,${}::text,${}::text,${}::bigint)",
+                b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10
+            ));
+            a.extend(state_args(e));
         }
         let now = chunk.iter().map(|e| e.updated_at).max().unwrap_or(0);
         let np = a.len() + 1;
         a.push(Val::from(now));
-        let sql = if pg {
-            format!(
-                "UPDATE program_enrollments AS e SET version = v.version, status = v.status, step_id = v.step_id, seq = v.seq, waiting = v.waiting, due_at = v.due_at, goal = v.goal, exit_reason = v.exit_reason, ended_at = v.ended_at, updated_at = ${np} FROM (VALUES {vals}) AS v(id, version, status, step_id, seq, waiting, due_at, goal, exit_reason, ended_at) WHERE e.id = v.id"
-            )
-        } else {
-            format!(
-                "WITH v(id, version, status, step_id, seq, waiting, due_at, goal, exit_reason, ended_at) AS (VALUES {vals}) UPDATE program_enrollments SET version = v.version, status = v.status, step_id = v.step_id, seq = v.seq, waiting = v.waiting, due_at = v.due_at, goal = v.goal, exit_reason = v.exit_reason, ended_at = v.ended_at, updated_at = ${np} FROM v WHERE program_enrollments.id = v.id"
-            )
-        };
+        let sql = format!(
+            "UPDATE program_enrollments AS e SET version = v.version, status = v.status, step_id = v.step_id, seq = v.seq, waiting = v.waiting, due_at = v.due_at, goal = v.goal, exit_reason = v.exit_reason, ended_at = v.ended_at, updated_at = ${np} FROM (VALUES {vals}) AS v(id, version, status, step_id, seq, waiting, due_at, goal, exit_reason, ended_at) WHERE e.id = v.id"
+        );
         tx.execute(sqlx::AssertSqlSafe(sql), a).await?;
     }
     Ok(())

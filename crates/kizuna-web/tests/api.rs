@@ -3,12 +3,14 @@
 
 use chrono::{TimeZone, Utc};
 use kizuna_core::clock::ManualClock;
+use kizuna_store::Store;
 use kizuna_store::keys::Scope;
-use kizuna_store::{Store, StoreConfig};
 use kizuna_web::{AppState, WebConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
+
+mod support;
 
 struct Server {
     base: String,
@@ -30,30 +32,8 @@ impl Drop for Server {
 }
 
 async fn servers_with(config: WebConfig) -> Vec<Server> {
-    let mut stores = Vec::new();
     let dir = tempfile::tempdir().unwrap();
-    stores.push((
-        "sqlite",
-        Store::open(&StoreConfig {
-            data_dir: dir.path().join("db"),
-            ..Default::default()
-        })
-        .await
-        .unwrap(),
-    ));
-    if let Ok(url) = std::env::var("KIZUNA_TEST_DATABASE_URL") {
-        stores.push((
-            "postgres",
-            Store::open(&StoreConfig {
-                database_url: Some(url),
-                pg_schema: Some(format!("t_{}", uuid::Uuid::now_v7().simple())),
-                max_connections: 4,
-                ..Default::default()
-            })
-            .await
-            .expect("KIZUNA_TEST_DATABASE_URL is set but PostgreSQL is not reachable"),
-        ));
-    }
+    let stores = support::stores(dir.path()).await;
     let mut out = Vec::new();
     for (backend, store) in stores {
         let now = Utc.with_ymd_and_hms(2026, 10, 14, 9, 0, 0).unwrap();

@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 mod support;
 
-use support::{PY, maildir_messages, start_aiosmtpd, stores};
+use support::smtp::{PY, maildir_messages, start_aiosmtpd};
+use support::stores;
 
 fn rsa_key(dir: &Path) -> PathBuf {
     let key = dir.join("dkim.pem");

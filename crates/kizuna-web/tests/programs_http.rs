@@ -20,7 +20,8 @@ use std::sync::Arc;
 
 mod support;
 
-use support::{start_aiosmtpd, stores};
+use support::smtp::start_aiosmtpd;
+use support::stores;
 
 fn subjects(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();

@@ -583,7 +583,7 @@ fn the_owner_gets_an_email_alert_with_the_context_of_the_handoff() {
     let dir = tempfile::tempdir().unwrap();
     for (backend, store) in backends(dir.path()) {
         let maildir = dir.path().join(format!("{backend}-maildir"));
-        let smtp = support::Smtp::start(&maildir);
+        let (smtp, smtp_port) = support::smtp::start_aiosmtpd(&maildir);
         let mut args = vec!["api-key", "create", "--name", "ci", "--scope", "admin"];
         args.extend(strs(&store));
         let key = last_line(&kizuna(dir.path(), &args));
@@ -592,7 +592,7 @@ fn the_owner_gets_an_email_alert_with_the_context_of_the_handoff() {
             &strs(&store),
             &[
                 ("KIZUNA_SMTP_HOST", "127.0.0.1".to_string()),
-                ("KIZUNA_SMTP_PORT", smtp.port.to_string()),
+                ("KIZUNA_SMTP_PORT", smtp_port.to_string()),
             ],
         );
         let bearer = ("bearer", Some(key.as_str()));
@@ -648,7 +648,7 @@ fn the_owner_gets_an_email_alert_with_the_context_of_the_handoff() {
         assert!(st == 200 || st == 201, "{backend}: {b}");
         let deadline = Instant::now() + Duration::from_secs(30);
         let raw = loop {
-            if let Some(m) = support::Smtp::messages(&maildir).into_iter().next() {
+            if let Some(m) = support::smtp::maildir_messages(&maildir).into_iter().next() {
                 break m;
             }
             assert!(

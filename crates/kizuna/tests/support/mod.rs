@@ -151,54 +151,6 @@ impl Drop for Server {
     }
 }
 
-/// A real SMTP server (Debian's aiosmtpd) on a free port, delivering into the Maildir `dir`;
-/// killed when dropped. Waits (polling the real peer) until it accepts connections.
-pub struct Smtp {
-    child: Child,
-    /// Its port.
-    pub port: u16,
-}
-
-impl Smtp {
-    pub fn start(dir: &std::path::Path) -> Smtp {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(dir)
-            .spawn()
-            .expect("aiosmtpd: run scripts/test-peers");
-        let smtp = Smtp { child, port };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return smtp;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("aiosmtpd did not start");
-    }
-
-    /// The raw messages delivered so far.
-    pub fn messages(dir: &std::path::Path) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for sub in ["new", "cur"] {
-            if let Ok(rd) = std::fs::read_dir(dir.join(sub)) {
-                for e in rd.flatten() {
-                    out.push(std::fs::read(e.path()).unwrap());
-                }
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The real SMTP server the kizuna-web tests use (aiosmtpd into a Maildir).
+#[path = "../../../kizuna-web/tests/support/smtp.rs"]
+pub mod smtp;
